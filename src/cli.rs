@@ -1,0 +1,348 @@
+//! The command line (SPEC §5): `cdrhook run` starts the daemon; every other
+//! subcommand but `check-config` asks the running daemon over the control
+//! socket and prints a table, or one JSON document with `--json`.
+//!
+//! Exit codes: 0 success, 1 the daemon reports an error (or a send failed),
+//! 2 bad usage, 3 no daemon answers.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::cmd;
+use crate::config::{self, EventType};
+use crate::control::client::{self, ClientError};
+use crate::control::protocol::Request;
+use crate::time::{now_ms, parse_since, rfc3339};
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_ERROR: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_NO_DAEMON: i32 = 3;
+
+const DEFAULT_SOCKET: &str = "/run/cdrhook/control.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cdrhook",
+    version,
+    about = "Delivers contact-center CDR files from a spool directory to webhook subscriptions",
+    long_about = "cdrhook takes each CDR file the phone system drops into the spool directory, \
+journals it, and POSTs it to every webhook subscription that wants its event type, retrying \
+failures. `cdrhook run` is the daemon; the other commands talk to it over its control socket.\n\n\
+Exit codes: 0 success, 1 the daemon reported an error or a send failed, 2 bad usage, \
+3 no daemon answers on the control socket.",
+    after_help = "TIME is RFC 3339 (2026-11-21T08:00:00Z) or a duration back from now (30m, 2h, 7d).\n\
+IDs are attempt ids (a123) or delivery ids (d45), as `cdrhook attempts` shows them."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Print one JSON document instead of a table
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// The daemon's control socket [default: control.socket from the config, else /run/cdrhook/control.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// The config file [default: /etc/cdrhook/config.yaml]
+    #[arg(long, global = true, env = "CDRHOOK_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (what systemd starts)
+    Run,
+    /// Validate a config file without a daemon; errors show line and column
+    CheckConfig {
+        /// The file to check [default: --config, else /etc/cdrhook/config.yaml]
+        path: Option<PathBuf>,
+    },
+    /// Version, uptime, config state, spool backlog and per-subscription counts
+    Status,
+    /// The attempt history, newest first
+    Attempts {
+        /// Only this subscription's attempts
+        #[arg(long, value_name = "NAME")]
+        subscription: Option<String>,
+        /// Only attempts that did not get a 2xx
+        #[arg(long)]
+        failed: bool,
+        /// Only attempts for this call (the CDR's CallId)
+        #[arg(long, value_name = "ID")]
+        call_id: Option<String>,
+        /// Only this event type, e.g. App.QueueWebhook
+        #[arg(long, value_name = "T")]
+        event_type: Option<String>,
+        /// Only attempts at or after TIME
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// At most N attempts
+        #[arg(long, value_name = "N", default_value_t = cmd::attempts::DEFAULT_LIMIT)]
+        limit: usize,
+    },
+    /// One attempt or delivery in full: headers (secrets masked), response, the CDR
+    Show {
+        /// An attempt id (a123) or delivery id (d45)
+        id: String,
+    },
+    /// Send deliveries again now: the named ones (and wait for the result), or all failed ones
+    Resend {
+        /// Attempt or delivery ids; each delivery gets one attempt now, even if it had succeeded
+        #[arg(required_unless_present = "failed", conflicts_with = "failed")]
+        ids: Vec<String>,
+        /// Every dead or retrying delivery (one attempt each, queued)
+        #[arg(long)]
+        failed: bool,
+        /// With --failed: only this subscription's
+        #[arg(long, value_name = "NAME", requires = "failed")]
+        subscription: Option<String>,
+        /// With --failed: only deliveries created at or after TIME
+        #[arg(long, value_name = "TIME", requires = "failed")]
+        since: Option<String>,
+    },
+    /// Send every CDR journaled since TIME that a subscription wants to it (backfill)
+    Replay {
+        /// The subscription to backfill
+        #[arg(long, value_name = "NAME")]
+        subscription: String,
+        /// From this time on
+        #[arg(long, value_name = "TIME")]
+        since: String,
+    },
+    /// Send the test webhook (App.TestWebhook) now and print each result
+    Test {
+        /// Only to this subscription (it must list App.TestWebhook or "*")
+        #[arg(long, value_name = "NAME")]
+        subscription: Option<String>,
+    },
+    /// Reload the config file now (as SIGHUP does)
+    Reload,
+}
+
+/// Parses the arguments and runs the command; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    EXIT_OK
+                }
+                _ => EXIT_USAGE,
+            };
+        }
+    };
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    match cli.command {
+        Command::Run => crate::run_daemon(&config_path),
+        Command::CheckConfig { ref path } => {
+            check_config(path.as_deref().unwrap_or(&config_path), cli.json)
+        }
+        ref other => match request_for(other) {
+            Ok(request) => ask(&cli, &config_path, &request),
+            Err(e) => {
+                eprintln!("cdrhook: {e}");
+                EXIT_USAGE
+            }
+        },
+    }
+}
+
+fn since_arg(text: &str) -> Result<String, String> {
+    parse_since(text, now_ms()).map(rfc3339)
+}
+
+fn request_for(command: &Command) -> Result<Request, String> {
+    Ok(match command {
+        Command::Status => Request::Status {},
+        Command::Attempts {
+            subscription,
+            failed,
+            call_id,
+            event_type,
+            since,
+            limit,
+        } => {
+            if let Some(t) = event_type {
+                if EventType::parse(t).is_none() {
+                    return Err(format!(
+                        "--event-type {t:?}: expected one of {}",
+                        EventType::ALL.map(|e| e.as_str()).join(", ")
+                    ));
+                }
+            }
+            Request::Attempts {
+                subscription: subscription.clone(),
+                failed: *failed,
+                call_id: call_id.clone(),
+                event_type: event_type.clone(),
+                since: since.as_deref().map(since_arg).transpose()?,
+                limit: Some(*limit),
+            }
+        }
+        Command::Show { id } => {
+            cmd::parse_id(id)?;
+            Request::Show { id: id.clone() }
+        }
+        Command::Resend {
+            ids,
+            failed,
+            subscription,
+            since,
+        } => {
+            if *failed {
+                Request::ResendFailed {
+                    subscription: subscription.clone(),
+                    since: since.as_deref().map(since_arg).transpose()?,
+                }
+            } else {
+                for id in ids {
+                    cmd::parse_id(id)?;
+                }
+                Request::Resend { ids: ids.clone() }
+            }
+        }
+        Command::Replay {
+            subscription,
+            since,
+        } => Request::Replay {
+            subscription: subscription.clone(),
+            since: since_arg(since)?,
+        },
+        Command::Test { subscription } => Request::Test {
+            subscription: subscription.clone(),
+        },
+        Command::Reload => Request::Reload {},
+        Command::Run | Command::CheckConfig { .. } => {
+            return Err("internal: not a control command".into())
+        }
+    })
+}
+
+/// `--socket`, else `control.socket` read leniently from the config (so an
+/// operator's shell without the daemon's `${VAR}`s still finds it).
+fn socket_path(cli: &Cli, config_path: &Path) -> PathBuf {
+    if let Some(s) = &cli.socket {
+        return s.clone();
+    }
+    let from_config = std::fs::read_to_string(config_path)
+        .ok()
+        .and_then(|text| serde_yaml::from_str::<serde_yaml::Value>(&text).ok())
+        .and_then(|v| v.get("control")?.get("socket")?.as_str().map(PathBuf::from))
+        .map(|p| match config_path.parent() {
+            Some(dir) if p.is_relative() => dir.join(p),
+            _ => p,
+        });
+    from_config.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+fn ask(cli: &Cli, config_path: &Path, request: &Request) -> i32 {
+    let socket = socket_path(cli, config_path);
+    let response = match client::call(&socket, request) {
+        Ok(r) => r,
+        Err(e @ ClientError::NoDaemon { .. }) => {
+            eprintln!("cdrhook: {e}");
+            eprintln!(
+                "(is the daemon running? `systemctl status cdrhook`; or give --socket / --config)"
+            );
+            return EXIT_NO_DAEMON;
+        }
+        Err(e) => {
+            eprintln!("cdrhook: {e}");
+            return EXIT_ERROR;
+        }
+    };
+    if response["ok"].as_bool() != Some(true) {
+        let message = response["error"].as_str().unwrap_or("unknown error");
+        if cli.json {
+            println!("{response}");
+        } else {
+            eprintln!("cdrhook: {message}");
+        }
+        return EXIT_ERROR;
+    }
+    let result = &response["result"];
+    if cli.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(result).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render(request, result));
+    }
+    if result.get("ok").and_then(Value::as_bool) == Some(false) {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    }
+}
+
+fn render(request: &Request, result: &Value) -> String {
+    match request {
+        Request::Status {} => cmd::status::render(result),
+        Request::Attempts { .. } => cmd::attempts::render(result),
+        Request::Show { .. } => cmd::show::render(result),
+        Request::Resend { .. } | Request::ResendFailed { .. } => cmd::resend::render(result),
+        Request::Replay { .. } => cmd::replay::render(result),
+        Request::Test { .. } => cmd::test::render(result),
+        Request::Reload {} => cmd::reload::render(result),
+    }
+}
+
+fn check_config(path: &Path, json: bool) -> i32 {
+    match config::load(path) {
+        Ok(cfg) => {
+            if json {
+                let subs: Vec<Value> = cfg
+                    .subscriptions
+                    .iter()
+                    .map(|s| serde_json::json!({"name": s.name, "active": s.active, "endpoint": s.endpoint}))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": true, "path": path.display().to_string(), "error": null, "subscriptions": subs})
+                );
+            } else {
+                println!(
+                    "{}: OK, {} subscription(s)",
+                    path.display(),
+                    cfg.subscriptions.len()
+                );
+                for s in &cfg.subscriptions {
+                    println!(
+                        "  {} -> {} ({}; {})",
+                        s.name,
+                        s.endpoint,
+                        if s.active { "active" } else { "inactive" },
+                        s.events
+                            .iter()
+                            .map(|e| e.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    );
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "path": path.display().to_string(), "error": e.to_string()})
+                );
+            } else {
+                eprintln!("{e}");
+            }
+            EXIT_ERROR
+        }
+    }
+}

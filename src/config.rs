@@ -1,0 +1,1986 @@
+//! The configuration file: parsing and validating the YAML config, filling in
+//! defaults, expanding `${VAR}` references and loading subscription secrets.
+//!
+//! This module owns SPEC section 2. A file is either accepted as a whole or
+//! refused as a whole with a [`ConfigError`] that names the file, the line and
+//! the column (1-based) of the offending node, so the daemon can keep the last
+//! good config in force and `cdrhook check-config` can point at the mistake.
+//!
+//! Rules worth knowing when reading the code:
+//!
+//! - Validation happens inside `Deserialize` impls of small private newtypes
+//!   (endpoint, header name, duration, size, ...). serde_yaml attaches the
+//!   position of the node being deserialized to any error raised there, which
+//!   is the only way to get positions for semantic errors.
+//! - `${VAR}` is expanded in `subscriptions[].endpoint`, header values,
+//!   `secret` and `secret_file`. `$$` stands for a literal `$` (so `$${X}` is
+//!   the literal text `${X}`), and a `$` not followed by `{` is kept as is. An
+//!   unset variable refuses the file. A header value that used a variable is
+//!   [`Header::sensitive`], as are `Authorization` and `Cookie`.
+//! - Relative paths (`spool.dir`, `spool.archive_dir`, `spool.rejected_dir`,
+//!   `journal.path`, `control.socket`, `delivery.ca_file` and `secret_file`)
+//!   are resolved against the directory holding the config file, so a
+//!   quick-start config with relative paths works whatever the daemon's cwd.
+//! - A secret is `whsec_` (optional) followed by standard base64; the decoded
+//!   bytes are the HMAC key. Secrets never appear in `Debug` output or in
+//!   error messages.
+//! - Beyond the refusals SPEC section 2 lists, a few more mistakes are caught
+//!   here rather than failing on every delivery later: credentials in an
+//!   endpoint URL (they would be logged), headers cdrhook sets itself
+//!   (`webhook-*`, `Content-Type`, ...), a header given twice, an empty
+//!   `events` list, subscription names outside `[A-Za-z0-9._-]`, and an
+//!   archive or rejected directory equal to the spool directory.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// Where the daemon looks for its config unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/cdrhook/config.yaml";
+
+const DEFAULT_SPOOL_DIR: &str = "/var/spool/cdrhook";
+const DEFAULT_MAX_FILE_SIZE: u64 = 10 * 1024 * 1024;
+const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(30);
+const DEFAULT_JOURNAL_PATH: &str = "/var/lib/cdrhook/journal";
+const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+const DEFAULT_CONTROL_SOCKET: &str = "/run/cdrhook/control.sock";
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CONCURRENCY: usize = 4;
+const DEFAULT_RETRY_SCHEDULE_SECS: [u64; 7] = [5, 300, 1800, 7200, 18000, 36000, 36000];
+
+/// Subscription names end up in journal keys, CLI arguments and log lines, so
+/// they are kept to a conservative character set and length.
+const MAX_NAME_LEN: usize = 64;
+
+/// Headers cdrhook sets itself. Letting a subscription override them would
+/// break the signature scheme or the HTTP framing.
+const RESERVED_HEADERS: [&str; 10] = [
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-webhook-event",
+    "x-webhook-attempt",
+    "user-agent",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "host",
+];
+
+/// Header names whose values are credentials even when written literally.
+const SENSITIVE_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+
+/// Accepts secrets with or without `=` padding: both forms circulate and the
+/// decoded key is the same.
+const SECRET_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// The webhook event types a CDR can have, plus the synthetic test event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    Queue,
+    Ivr,
+    Agent,
+    Recording,
+    Test,
+}
+
+impl EventType {
+    /// Every event type, in a stable order; what `"*"` stands for.
+    pub const ALL: [EventType; 5] = [
+        EventType::Queue,
+        EventType::Ivr,
+        EventType::Agent,
+        EventType::Recording,
+        EventType::Test,
+    ];
+
+    /// The name used on the wire and in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Queue => "App.QueueWebhook",
+            EventType::Ivr => "App.IvrWebhook",
+            EventType::Agent => "App.AgentWebhook",
+            EventType::Recording => "App.RecordingWebhook",
+            EventType::Test => "App.TestWebhook",
+        }
+    }
+
+    /// Parses an exact (case-sensitive) event type name.
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The daemon's whole configuration, validated and with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    pub spool: SpoolConfig,
+    pub journal: JournalConfig,
+    pub control: ControlConfig,
+    pub delivery: DeliveryConfig,
+    /// One of `error`, `warn`, `info`, `debug`, `trace` (lowercased).
+    pub log_level: Option<String>,
+    pub subscriptions: Vec<Subscription>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpoolConfig {
+    pub dir: PathBuf,
+    pub after_ingest: AfterIngest,
+    pub archive_dir: PathBuf,
+    pub rejected_dir: PathBuf,
+    pub max_file_size: u64,
+    pub rescan_interval: Duration,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        let dir = PathBuf::from(DEFAULT_SPOOL_DIR);
+        SpoolConfig {
+            archive_dir: dir.join("archive"),
+            rejected_dir: dir.join("rejected"),
+            dir,
+            after_ingest: AfterIngest::Delete,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+            rescan_interval: DEFAULT_RESCAN_INTERVAL,
+        }
+    }
+}
+
+/// What happens to a spool file once its CDRs are journaled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AfterIngest {
+    Delete,
+    Archive,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    pub retention: Duration,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            path: PathBuf::from(DEFAULT_JOURNAL_PATH),
+            retention: DEFAULT_RETENTION,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryConfig {
+    pub timeout: Duration,
+    pub concurrency: usize,
+    /// Waits between attempts. An empty schedule is allowed and means "no
+    /// retries": the first failed attempt makes the delivery dead.
+    pub retry_schedule: Vec<Duration>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            timeout: DEFAULT_TIMEOUT,
+            concurrency: DEFAULT_CONCURRENCY,
+            retry_schedule: DEFAULT_RETRY_SCHEDULE_SECS
+                .iter()
+                .map(|&s| Duration::from_secs(s))
+                .collect(),
+            ca_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subscription {
+    /// Unique within the file; the subscription's identity across reloads.
+    pub name: String,
+    /// An http or https URL, after `${VAR}` expansion.
+    pub endpoint: String,
+    pub active: bool,
+    /// Sorted and without duplicates; `"*"` expands to [`EventType::ALL`].
+    pub events: Vec<EventType>,
+    /// In file order.
+    pub headers: Vec<Header>,
+    pub secret: Option<Secret>,
+}
+
+impl Subscription {
+    /// Whether the subscription lists this event type (regardless of `active`).
+    pub fn wants(&self, t: EventType) -> bool {
+        self.events.contains(&t)
+    }
+}
+
+/// An additional request header of a subscription.
+#[derive(Clone, PartialEq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+    /// The value is a credential: it came (even partly) from `${VAR}`, or the
+    /// header is `Authorization`, `Proxy-Authorization` or `Cookie`. Such
+    /// values must never be logged or journaled.
+    pub sensitive: bool,
+}
+
+// Manual so that printing a config with `{:?}` cannot leak a credential.
+impl fmt::Debug for Header {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value: &dyn fmt::Debug = if self.sensitive { &"***" } else { &self.value };
+        f.debug_struct("Header")
+            .field("name", &self.name)
+            .field("value", value)
+            .field("sensitive", &self.sensitive)
+            .finish()
+    }
+}
+
+/// A subscription's signing key (the base64-decoded part after `whsec_`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    key: Vec<u8>,
+}
+
+impl Secret {
+    /// The raw HMAC key.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Why a config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// For the few problems that have no position, such as an empty file.
+    #[error("{path}: {message}")]
+    Unpositioned { path: PathBuf, message: String },
+}
+
+/// Reads and validates the config file at `path`, taking `${VAR}` values from
+/// the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // A variable that is not valid Unicode cannot go into a header or URL, so
+    // it counts as unset.
+    parse(&text, path, &|name| std::env::var(name).ok())
+}
+
+/// Validates config text. `path` is only used in messages and to resolve
+/// relative paths; `env` supplies `${VAR}` values.
+pub fn parse(
+    text: &str,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    // A first, untyped pass finds every variable the file could reference, so
+    // the typed pass can expand them from an owned table rather than needing
+    // to borrow `env` from inside serde.
+    let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
+    if doc.is_null() {
+        // An editor that truncates before writing produces this on reload;
+        // refusing keeps the running subscriptions instead of dropping them.
+        return Err(ConfigError::Unpositioned {
+            path: path.to_path_buf(),
+            message: "the file is empty; a valid config needs at least `subscriptions:`".into(),
+        });
+    }
+    let mut names = BTreeSet::new();
+    collect_var_names(&doc, &mut names);
+    let vars = names
+        .into_iter()
+        .map(|name| {
+            let value = env(&name);
+            (name, value)
+        })
+        .collect();
+
+    let base = base_dir(path);
+    let raw: RawConfig = {
+        let _guard = ContextGuard::install(Context {
+            vars,
+            base: base.clone(),
+            names: HashSet::new(),
+        });
+        serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?
+    };
+    raw.finish(&base)
+        .map_err(|message| ConfigError::Unpositioned {
+            path: path.to_path_buf(),
+            message,
+        })
+}
+
+impl Config {
+    /// Names of settings that changed between `self` (running) and `new` but
+    /// only take effect after a restart.
+    pub fn restart_required(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.spool.dir != new.spool.dir {
+            changed.push("spool.dir");
+        }
+        if self.journal.path != new.journal.path {
+            changed.push("journal.path");
+        }
+        if self.control.socket != new.control.socket {
+            changed.push("control.socket");
+        }
+        changed
+    }
+}
+
+fn yaml_error(path: &Path, err: &serde_yaml::Error) -> ConfigError {
+    let mut message = err.to_string();
+    match err.location() {
+        Some(loc) => {
+            // serde_yaml appends the position in prose; it is reported in the
+            // `path:line:column:` prefix instead.
+            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+            if let Some(at) = message.find(&suffix) {
+                message.replace_range(at..at + suffix.len(), "");
+            }
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: loc.line(),
+                column: loc.column(),
+                message,
+            }
+        }
+        None => ConfigError::Unpositioned {
+            path: path.to_path_buf(),
+            message,
+        },
+    }
+}
+
+fn base_dir(config_path: &Path) -> PathBuf {
+    let parent = config_path.parent().unwrap_or(Path::new(""));
+    if parent.is_absolute() {
+        return parent.to_path_buf();
+    }
+    // Anchor a relative config path to the cwd now, so that resolved paths do
+    // not change meaning if the process later changes directory.
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(parent),
+        Err(_) => parent.to_path_buf(),
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    // Dropping `.` components keeps "./spool" from showing up as
+    // "/etc/cdrhook/./spool" in messages and restart comparisons; `..` is kept
+    // because folding it is wrong across symlinks.
+    base.join(p)
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Deserialization context
+//
+// serde gives `Deserialize` impls no way to receive arguments short of
+// threading a `DeserializeSeed` through every level, which the derived structs
+// cannot do. The few things validation needs (variable values, the config
+// directory, names seen so far) are installed here for the duration of one
+// `parse` call on this thread.
+
+#[derive(Default)]
+struct Context {
+    vars: HashMap<String, Option<String>>,
+    base: PathBuf,
+    names: HashSet<String>,
+}
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Context>> = const { RefCell::new(None) };
+}
+
+struct ContextGuard {
+    previous: Option<Context>,
+}
+
+impl ContextGuard {
+    fn install(ctx: Context) -> ContextGuard {
+        let previous = CONTEXT.with(|c| c.replace(Some(ctx)));
+        ContextGuard { previous }
+    }
+}
+
+impl Drop for ContextGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CONTEXT.with(|c| *c.borrow_mut() = previous);
+    }
+}
+
+/// `f` must not call `with_context` itself (the context is borrowed mutably).
+fn with_context<R>(f: impl FnOnce(&mut Context) -> R) -> R {
+    CONTEXT.with(|c| match c.borrow_mut().as_mut() {
+        Some(ctx) => f(ctx),
+        None => f(&mut Context::default()),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// ${VAR} expansion
+
+/// Expands `${VAR}` references; returns the text and whether any variable was
+/// substituted.
+fn expand(
+    text: &str,
+    lookup: &mut dyn FnMut(&str) -> Option<String>,
+) -> Result<(String, bool), String> {
+    let mut out = String::with_capacity(text.len());
+    let mut used = false;
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let Some(end) = tail.find('}') else {
+                return Err(
+                    "\"${\" without a closing \"}\" (write \"$${\" for a literal \"${\")".into(),
+                );
+            };
+            let name = &tail[..end];
+            if !is_var_name(name) {
+                return Err(format!(
+                    "\"${{{name}}}\" is not a valid variable reference \
+                     (a name is letters, digits and _)"
+                ));
+            }
+            match lookup(name) {
+                Some(value) => {
+                    out.push_str(&value);
+                    used = true;
+                }
+                None => return Err(format!("environment variable {name} is not set")),
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok((out, used))
+}
+
+fn is_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Collects every variable any string in the document references. This is a
+/// superset of what the typed pass will look up, as both use `expand`.
+fn collect_var_names(value: &serde_yaml::Value, names: &mut BTreeSet<String>) {
+    use serde_yaml::Value;
+    match value {
+        Value::String(s) => {
+            // Errors are reported by the typed pass, with a position.
+            let _ = expand(s, &mut |name| {
+                names.insert(name.to_owned());
+                Some(String::new())
+            });
+        }
+        Value::Sequence(items) => items.iter().for_each(|v| collect_var_names(v, names)),
+        Value::Mapping(map) => map.iter().for_each(|(k, v)| {
+            collect_var_names(k, names);
+            collect_var_names(v, names);
+        }),
+        Value::Tagged(tagged) => collect_var_names(&tagged.value, names),
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
+}
+
+fn expand_in_context(text: &str) -> Result<(String, bool), String> {
+    with_context(|ctx| expand(text, &mut |name| ctx.vars.get(name).cloned().flatten()))
+}
+
+// ---------------------------------------------------------------------------
+// Scalar newtypes: each validates in its visitor so errors carry a position.
+
+/// Deserializes any scalar as text and converts it with `convert`.
+fn deserialize_text<'de, D, T>(
+    deserializer: D,
+    expecting: &'static str,
+    convert: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    struct TextVisitor<T> {
+        expecting: &'static str,
+        convert: fn(&str) -> Result<T, String>,
+    }
+
+    impl<T> Visitor<'_> for TextVisitor<T> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.convert)(v).map_err(E::custom)
+        }
+    }
+
+    deserializer.deserialize_str(TextVisitor { expecting, convert })
+}
+
+macro_rules! text_newtype {
+    ($ty:ident, $expecting:expr, $convert:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                deserialize_text(d, $expecting, $convert)
+            }
+        }
+    };
+}
+
+struct ConfPath(PathBuf);
+text_newtype!(ConfPath, "a file system path", |s| {
+    if s.is_empty() {
+        Err("the path is empty".into())
+    } else if s.contains('\0') {
+        Err("the path contains a NUL character".into())
+    } else {
+        Ok(ConfPath(PathBuf::from(s)))
+    }
+});
+
+struct Dur(Duration);
+text_newtype!(Dur, "a duration such as \"30s\", \"5m\" or \"2h\"", |s| {
+    parse_duration(s).map(Dur)
+});
+
+/// For settings where zero would stall the daemon or make no sense.
+struct NonZeroDur(Duration);
+text_newtype!(
+    NonZeroDur,
+    "a duration such as \"30s\", \"5m\" or \"2h\"",
+    |s| {
+        match parse_duration(s)? {
+            d if d.is_zero() => Err(format!("{s:?}: must be longer than zero")),
+            d => Ok(NonZeroDur(d)),
+        }
+    }
+);
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!(
+            "{s:?} is not a duration ({e}); \
+                 write e.g. \"500ms\", \"30s\", \"5m\", \"2h\" or \"7d\""
+        )
+    })
+}
+
+struct Size(u64);
+text_newtype!(Size, "a size such as \"10MiB\" or a number of bytes", |s| {
+    match parse_size(s)? {
+        0 => Err(format!("{s:?}: must be larger than zero")),
+        n => Ok(Size(n)),
+    }
+});
+
+/// Sizes are a whole number with an optional unit: `B`, `kB`, `MB`, `GB`, `TB`
+/// (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024), in any
+/// letter case.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let text = s.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let hint = "write e.g. \"10MiB\", \"512KiB\", \"100kB\" or a number of bytes";
+    if number.is_empty() {
+        return Err(format!("{s:?} is not a size; {hint}"));
+    }
+    let multiplier: u64 = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000_u64.pow(2),
+        "gb" => 1000_u64.pow(3),
+        "tb" => 1000_u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(format!("{s:?} has an unknown size unit; {hint}")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+struct Concurrency(usize);
+text_newtype!(Concurrency, "a whole number of requests", |s| {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(Concurrency(n)),
+        Err(_) => Err(format!("{s:?} is not a whole number of requests")),
+    }
+});
+
+struct LogLevel(String);
+text_newtype!(LogLevel, "a log level", |s| {
+    let level = s.trim().to_ascii_lowercase();
+    match level.as_str() {
+        "error" | "warn" | "info" | "debug" | "trace" => Ok(LogLevel(level)),
+        _ => Err(format!(
+            "{s:?} is not a log level; use error, warn, info, debug or trace"
+        )),
+    }
+});
+
+struct SubscriptionName(String);
+text_newtype!(SubscriptionName, "a subscription name", |s| {
+    let valid = s.len() <= MAX_NAME_LEN
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(format!(
+            "{s:?} is not a valid subscription name (1 to {MAX_NAME_LEN} letters, digits, \
+             '-', '_' or '.', starting with a letter or digit)"
+        ));
+    }
+    if !with_context(|ctx| ctx.names.insert(s.to_owned())) {
+        return Err(format!(
+            "duplicate subscription name {s:?}; names must be unique"
+        ));
+    }
+    Ok(SubscriptionName(s.to_owned()))
+});
+
+struct Endpoint(String);
+text_newtype!(Endpoint, "an http or https URL", |s| {
+    let (url, used_var) = expand_in_context(s)?;
+    check_endpoint(&url).map_err(|problem| {
+        // Echo what the operator wrote, not the expansion: a variable in an
+        // endpoint may well carry a token.
+        let shown = if used_var {
+            format!("{s:?} (after expanding variables)")
+        } else {
+            format!("{s:?}")
+        };
+        format!("{shown} {problem}")
+    })?;
+    Ok(Endpoint(url))
+});
+
+fn check_endpoint(url: &str) -> Result<(), &'static str> {
+    let not_http = "is not an http or https URL";
+    let (scheme, rest) = url.split_once("://").ok_or(not_http)?;
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(not_http);
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("contains whitespace or a control character");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.contains('@') {
+        return Err(
+            "has credentials in it, which would end up in logs; use an Authorization header",
+        );
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or("has a malformed IPv6 address")?;
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        {
+            return Err("has a malformed IPv6 address");
+        }
+        match after {
+            "" => (host, None),
+            _ => (
+                host,
+                Some(after.strip_prefix(':').ok_or("has a malformed host")?),
+            ),
+        }
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':'))
+    {
+        return Err("has a host with characters that are not allowed \
+                    (non-ASCII names must be written in punycode)");
+    }
+    if let Some(port) = port {
+        match port.parse::<u16>() {
+            Ok(p) if p != 0 && port.chars().all(|c| c.is_ascii_digit()) => {}
+            _ => return Err("has an invalid port"),
+        }
+    }
+    Ok(())
+}
+
+struct HeaderValue {
+    value: String,
+    used_var: bool,
+}
+// Values are never echoed in messages: they may be credentials.
+text_newtype!(HeaderValue, "a header value", |s| {
+    let (value, used_var) = expand_in_context(s)?;
+    let after = if used_var {
+        " (after expanding variables)"
+    } else {
+        ""
+    };
+    if value.contains(['\r', '\n']) {
+        return Err(format!(
+            "the header value contains a line break (CR or LF){after}"
+        ));
+    }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "the header value contains a control character{after}"
+        ));
+    }
+    Ok(HeaderValue { value, used_var })
+});
+
+struct SecretValue(Secret);
+text_newtype!(SecretValue, "a secret such as \"whsec_...\"", |s| {
+    let (text, _) = expand_in_context(s)?;
+    decode_secret(&text).map(SecretValue)
+});
+
+struct SecretFile(Secret);
+text_newtype!(SecretFile, "the path of a file holding a secret", |s| {
+    let (text, _) = expand_in_context(s)?;
+    if text.is_empty() {
+        return Err("the path is empty".into());
+    }
+    let path = resolve(&with_context(|ctx| ctx.base.clone()), Path::new(&text));
+    let contents = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+    decode_secret(contents.trim_end())
+        .map(SecretFile)
+        .map_err(|e| format!("{}: {e}", path.display()))
+});
+
+fn decode_secret(text: &str) -> Result<Secret, String> {
+    let encoded = text.strip_prefix("whsec_").unwrap_or(text);
+    match SECRET_BASE64.decode(encoded) {
+        Ok(key) if !key.is_empty() => Ok(Secret { key }),
+        Ok(_) => Err("the secret is empty".into()),
+        Err(_) => Err(
+            "the secret is not valid: expected \"whsec_\" (optional) followed by standard base64"
+                .into(),
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Structured values
+
+/// The `events` list: event type names or `"*"` (a lone string is accepted as
+/// a one-element list).
+struct Events(Vec<EventType>);
+
+impl<'de> Deserialize<'de> for Events {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EventsVisitor;
+
+        impl<'de> Visitor<'de> for EventsVisitor {
+            type Value = Events;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of event types or [\"*\"]")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Events, E> {
+                let one = parse_event_spec(v).map_err(E::custom)?;
+                Ok(Events(one))
+            }
+
+            fn visit_unit<E: de::Error>(self) -> Result<Events, E> {
+                Err(E::custom(NO_EVENTS))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Events, A::Error> {
+                let mut events = BTreeSet::new();
+                while let Some(EventSpec(types)) = seq.next_element()? {
+                    events.extend(types);
+                }
+                if events.is_empty() {
+                    return Err(de::Error::custom(NO_EVENTS));
+                }
+                Ok(Events(events.into_iter().collect()))
+            }
+        }
+
+        d.deserialize_any(EventsVisitor)
+    }
+}
+
+const NO_EVENTS: &str = "list at least one event type, or \"*\" for all";
+
+struct EventSpec(Vec<EventType>);
+text_newtype!(EventSpec, "an event type name or \"*\"", |s| {
+    parse_event_spec(s).map(EventSpec)
+});
+
+fn parse_event_spec(s: &str) -> Result<Vec<EventType>, String> {
+    if s == "*" {
+        return Ok(EventType::ALL.to_vec());
+    }
+    EventType::parse(s).map(|t| vec![t]).ok_or_else(|| {
+        let known: Vec<&str> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+        format!(
+            "unknown event type {s:?}; expected one of {} or \"*\"",
+            known.join(", ")
+        )
+    })
+}
+
+/// The `headers` mapping, kept in file order.
+struct Headers(Vec<Header>);
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct HeadersVisitor;
+
+        impl<'de> Visitor<'de> for HeadersVisitor {
+            type Value = Headers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of header names to values")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
+                let mut headers: Vec<Header> = Vec::new();
+                while let Some(name) = map.next_key_seed(HeaderNameSeed { seen: &headers })? {
+                    let HeaderValue { value, used_var } = map.next_value()?;
+                    let sensitive = used_var
+                        || SENSITIVE_HEADERS
+                            .iter()
+                            .any(|s| s.eq_ignore_ascii_case(&name));
+                    headers.push(Header {
+                        name,
+                        value,
+                        sensitive,
+                    });
+                }
+                Ok(Headers(headers))
+            }
+        }
+
+        d.deserialize_map(HeadersVisitor)
+    }
+}
+
+/// Validates a header name against the ones already seen, so a duplicate is
+/// reported at the position of the second one.
+struct HeaderNameSeed<'a> {
+    seen: &'a [Header],
+}
+
+impl<'de> DeserializeSeed<'de> for HeaderNameSeed<'_> {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for HeaderNameSeed<'_> {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a header name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if v.is_empty() || !v.chars().all(is_tchar) {
+            return Err(E::custom(format!(
+                "{v:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+            )));
+        }
+        if RESERVED_HEADERS.iter().any(|r| r.eq_ignore_ascii_case(v)) {
+            return Err(E::custom(format!(
+                "header {v:?} is set by cdrhook itself and cannot be overridden"
+            )));
+        }
+        if self.seen.iter().any(|h| h.name.eq_ignore_ascii_case(v)) {
+            return Err(E::custom(format!(
+                "header {v:?} is given twice (header names are case-insensitive)"
+            )));
+        }
+        Ok(v.to_owned())
+    }
+}
+
+/// One `subscriptions` entry. The field checks come from the derived
+/// `RawSubscription`; this wrapper adds the cross-field checks, raised from
+/// inside `visit_map` so they carry the entry's position.
+struct SubscriptionEntry(Subscription);
+
+impl<'de> Deserialize<'de> for SubscriptionEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+
+        impl<'de> Visitor<'de> for EntryVisitor {
+            type Value = SubscriptionEntry;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a subscription (a mapping with name, endpoint and events)")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let raw = RawSubscription::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let secret = match (raw.secret, raw.secret_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(de::Error::custom(
+                            "give either secret or secret_file, not both",
+                        ))
+                    }
+                    (Some(SecretValue(s)), None) | (None, Some(SecretFile(s))) => Some(s),
+                    (None, None) => None,
+                };
+                Ok(SubscriptionEntry(Subscription {
+                    name: raw.name.0,
+                    endpoint: raw.endpoint.0,
+                    active: raw.active.unwrap_or(true),
+                    events: raw.events.0,
+                    headers: raw.headers.map(|h| h.0).unwrap_or_default(),
+                    secret,
+                }))
+            }
+        }
+
+        d.deserialize_map(EntryVisitor)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The file's shape. Missing or null keys are `None` and get their defaults in
+// `finish`, which is also where relative paths are resolved.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of cdrhook settings")]
+struct RawConfig {
+    spool: Option<RawSpool>,
+    journal: Option<RawJournal>,
+    control: Option<RawControl>,
+    delivery: Option<RawDelivery>,
+    log_level: Option<LogLevel>,
+    subscriptions: Option<Vec<SubscriptionEntry>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a mapping of spool settings")]
+struct RawSpool {
+    dir: Option<ConfPath>,
+    after_ingest: Option<AfterIngest>,
+    archive_dir: Option<ConfPath>,
+    rejected_dir: Option<ConfPath>,
+    max_file_size: Option<Size>,
+    rescan_interval: Option<NonZeroDur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of journal settings")]
+struct RawJournal {
+    path: Option<ConfPath>,
+    retention: Option<Dur>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of control settings")]
+struct RawControl {
+    socket: Option<ConfPath>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of delivery settings")]
+struct RawDelivery {
+    timeout: Option<NonZeroDur>,
+    concurrency: Option<Concurrency>,
+    retry_schedule: Option<Vec<Dur>>,
+    ca_file: Option<ConfPath>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a subscription")]
+struct RawSubscription {
+    name: SubscriptionName,
+    endpoint: Endpoint,
+    active: Option<bool>,
+    events: Events,
+    headers: Option<Headers>,
+    secret: Option<SecretValue>,
+    secret_file: Option<SecretFile>,
+}
+
+impl RawConfig {
+    fn finish(self, base: &Path) -> Result<Config, String> {
+        let path = |p: Option<ConfPath>, default: &str| match p {
+            Some(ConfPath(p)) => resolve(base, &p),
+            None => PathBuf::from(default),
+        };
+
+        let spool = self.spool.unwrap_or_default();
+        let dir = path(spool.dir, DEFAULT_SPOOL_DIR);
+        let archive_dir = match spool.archive_dir {
+            Some(ConfPath(p)) => resolve(base, &p),
+            None => dir.join("archive"),
+        };
+        let rejected_dir = match spool.rejected_dir {
+            Some(ConfPath(p)) => resolve(base, &p),
+            None => dir.join("rejected"),
+        };
+        // Files moved into the spool directory itself would be ingested again.
+        for (key, moved_to) in [
+            ("archive_dir", &archive_dir),
+            ("rejected_dir", &rejected_dir),
+        ] {
+            if *moved_to == dir {
+                return Err(format!(
+                    "spool.{key} must not be the spool directory itself ({})",
+                    dir.display()
+                ));
+            }
+        }
+        let spool = SpoolConfig {
+            dir,
+            after_ingest: spool.after_ingest.unwrap_or(AfterIngest::Delete),
+            archive_dir,
+            rejected_dir,
+            max_file_size: spool.max_file_size.map_or(DEFAULT_MAX_FILE_SIZE, |s| s.0),
+            rescan_interval: spool
+                .rescan_interval
+                .map_or(DEFAULT_RESCAN_INTERVAL, |d| d.0),
+        };
+
+        let (journal_path, retention) = match self.journal {
+            Some(j) => (j.path, j.retention),
+            None => (None, None),
+        };
+        let journal = JournalConfig {
+            path: path(journal_path, DEFAULT_JOURNAL_PATH),
+            retention: retention.map_or(DEFAULT_RETENTION, |d| d.0),
+        };
+
+        let control = ControlConfig {
+            socket: path(self.control.and_then(|c| c.socket), DEFAULT_CONTROL_SOCKET),
+        };
+
+        let defaults = DeliveryConfig::default();
+        let delivery = match self.delivery {
+            None => defaults,
+            Some(d) => DeliveryConfig {
+                timeout: d.timeout.map_or(defaults.timeout, |t| t.0),
+                concurrency: d.concurrency.map_or(defaults.concurrency, |c| c.0),
+                retry_schedule: d.retry_schedule.map_or(defaults.retry_schedule, |s| {
+                    s.into_iter().map(|d| d.0).collect()
+                }),
+                ca_file: d.ca_file.map(|ConfPath(p)| resolve(base, &p)),
+            },
+        };
+
+        Ok(Config {
+            spool,
+            journal,
+            control,
+            delivery,
+            log_level: self.log_level.map(|l| l.0),
+            subscriptions: self
+                .subscriptions
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| s.0)
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    const CONFIG_PATH: &str = "/etc/cdrhook/config.yaml";
+
+    /// The 24 bytes behind `whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw`.
+    const SECRET_KEY: [u8; 24] = [
+        0x31, 0xf2, 0x90, 0xf6, 0xbf, 0x06, 0x29, 0x8a, 0xab, 0x4f, 0x08, 0xd4, 0x3c, 0x3f, 0x08,
+        0x2c, 0xf6, 0x48, 0xa3, 0x62, 0xda, 0x2d, 0xa4, 0xb0,
+    ];
+
+    fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env = |name: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        parse(text, Path::new(CONFIG_PATH), &env)
+    }
+
+    fn ok(text: &str) -> Config {
+        match parse_env(text, &[]) {
+            Ok(c) => c,
+            Err(e) => panic!("expected a valid config, got: {e}"),
+        }
+    }
+
+    /// Asserts the text is refused at `line` (and `column` when given), and
+    /// returns the message.
+    fn refused_env(
+        text: &str,
+        vars: &[(&str, &str)],
+        line: usize,
+        column: Option<usize>,
+    ) -> String {
+        match parse_env(text, vars) {
+            Err(ConfigError::Invalid {
+                path,
+                line: l,
+                column: c,
+                message,
+            }) => {
+                assert_eq!(path, Path::new(CONFIG_PATH));
+                assert_eq!(l, line, "wrong line for: {message}");
+                if let Some(column) = column {
+                    assert_eq!(c, column, "wrong column for: {message}");
+                }
+                let suffix = format!(" at line {l} column {c}");
+                assert!(
+                    !message.contains(&suffix),
+                    "position left in message: {message}"
+                );
+                message
+            }
+            other => panic!("expected a positioned refusal, got {other:?}"),
+        }
+    }
+
+    fn refused(text: &str, line: usize, column: Option<usize>) -> String {
+        refused_env(text, &[], line, column)
+    }
+
+    fn assert_contains(message: &str, needle: &str) {
+        assert!(
+            message.contains(needle),
+            "{message:?} does not contain {needle:?}"
+        );
+    }
+
+    const SUB: &str = "subscriptions:\n  - name: crm\n    endpoint: https://crm.example.com/hook\n    events: [\"*\"]\n";
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    // --- accepted files -----------------------------------------------------
+
+    #[test]
+    fn only_subscriptions_key_is_valid_in_every_empty_form() {
+        for text in [
+            "subscriptions:\n",
+            "subscriptions: []\n",
+            "subscriptions: ~\n",
+            "subscriptions: null\n",
+        ] {
+            let config = ok(text);
+            assert!(config.subscriptions.is_empty(), "{text}");
+            assert_eq!(config, Config::default(), "{text}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = ok(SUB);
+        assert_eq!(c.spool.dir, Path::new("/var/spool/cdrhook"));
+        assert_eq!(c.spool.after_ingest, AfterIngest::Delete);
+        assert_eq!(c.spool.archive_dir, Path::new("/var/spool/cdrhook/archive"));
+        assert_eq!(
+            c.spool.rejected_dir,
+            Path::new("/var/spool/cdrhook/rejected")
+        );
+        assert_eq!(c.spool.max_file_size, 10 * 1024 * 1024);
+        assert_eq!(c.spool.rescan_interval, secs(30));
+        assert_eq!(c.journal.path, Path::new("/var/lib/cdrhook/journal"));
+        assert_eq!(c.journal.retention, secs(30 * 86400));
+        assert_eq!(c.control.socket, Path::new("/run/cdrhook/control.sock"));
+        assert_eq!(c.delivery.timeout, secs(10));
+        assert_eq!(c.delivery.concurrency, 4);
+        assert_eq!(
+            c.delivery.retry_schedule,
+            [5, 300, 1800, 7200, 18000, 36000, 36000].map(secs)
+        );
+        assert_eq!(c.delivery.ca_file, None);
+        assert_eq!(c.log_level, None);
+        let s = &c.subscriptions[0];
+        assert!(s.active);
+        assert!(s.headers.is_empty());
+        assert_eq!(s.secret, None);
+    }
+
+    #[test]
+    fn archive_and_rejected_dirs_follow_spool_dir() {
+        let c = ok("spool:\n  dir: /srv/spool\nsubscriptions:\n");
+        assert_eq!(c.spool.archive_dir, Path::new("/srv/spool/archive"));
+        assert_eq!(c.spool.rejected_dir, Path::new("/srv/spool/rejected"));
+        let c = ok("spool:\n  dir: /srv/spool\n  archive_dir: /srv/old\nsubscriptions:\n");
+        assert_eq!(c.spool.archive_dir, Path::new("/srv/old"));
+        assert_eq!(c.spool.rejected_dir, Path::new("/srv/spool/rejected"));
+    }
+
+    const SPEC_EXAMPLE: &str = r#"spool:
+  dir: /var/spool/cdrhook          # where the phone system drops *.json
+  after_ingest: delete             # delete | archive
+  archive_dir: /var/spool/cdrhook/archive
+  rejected_dir: /var/spool/cdrhook/rejected
+  max_file_size: 10MiB
+  rescan_interval: 30s             # safety net beside the file watcher
+journal:
+  path: /var/lib/cdrhook/journal   # sled database directory
+  retention: 30d                   # finished deliveries older than this are pruned
+control:
+  socket: /run/cdrhook/control.sock
+delivery:
+  timeout: 10s                     # whole request, connect to last byte
+  concurrency: 4                   # requests in flight per subscription
+  retry_schedule: [5s, 5m, 30m, 2h, 5h, 10h, 10h]   # waits between attempts
+  ca_file: /etc/cdrhook/ca.pem     # optional extra trusted CAs
+subscriptions:
+  - name: crm                      # unique; the subscription's identity
+    endpoint: https://crm.example.com/hooks/cdr     # http or https only
+    active: true                   # false: nothing is sent or queued for it
+    events: [App.QueueWebhook, App.AgentWebhook, App.TestWebhook]   # or ["*"]
+    headers:                       # additional headers, optional
+      Authorization: "Bearer ${CRM_TOKEN}"          # ${VAR} is read from the environment
+    secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"            # optional: sign requests (section 4)
+"#;
+
+    #[test]
+    fn full_spec_example() {
+        let c = match parse_env(SPEC_EXAMPLE, &[("CRM_TOKEN", "t0ken")]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let mut expected = Config::default();
+        expected.delivery.ca_file = Some(PathBuf::from("/etc/cdrhook/ca.pem"));
+        expected.subscriptions = vec![Subscription {
+            name: "crm".into(),
+            endpoint: "https://crm.example.com/hooks/cdr".into(),
+            active: true,
+            events: vec![EventType::Queue, EventType::Agent, EventType::Test],
+            headers: vec![Header {
+                name: "Authorization".into(),
+                value: "Bearer t0ken".into(),
+                sensitive: true,
+            }],
+            secret: Some(Secret {
+                key: SECRET_KEY.to_vec(),
+            }),
+        }];
+        assert_eq!(c, expected);
+        let s = &c.subscriptions[0];
+        assert!(s.wants(EventType::Queue));
+        assert!(!s.wants(EventType::Ivr));
+    }
+
+    #[test]
+    fn all_settings_are_read() {
+        let c = ok(r#"log_level: DEBUG
+spool:
+  dir: /s
+  after_ingest: archive
+  max_file_size: 512KiB
+  rescan_interval: 500ms
+journal:
+  retention: 7d
+delivery:
+  timeout: 1m
+  concurrency: 16
+  retry_schedule: []
+subscriptions:
+  - name: off
+    endpoint: http://10.0.0.1:8080
+    active: false
+    events: App.IvrWebhook
+"#);
+        assert_eq!(c.log_level.as_deref(), Some("debug"));
+        assert_eq!(c.spool.after_ingest, AfterIngest::Archive);
+        assert_eq!(c.spool.max_file_size, 512 * 1024);
+        assert_eq!(c.spool.rescan_interval, Duration::from_millis(500));
+        assert_eq!(c.journal.retention, secs(7 * 86400));
+        assert_eq!(c.delivery.timeout, secs(60));
+        assert_eq!(c.delivery.concurrency, 16);
+        assert!(c.delivery.retry_schedule.is_empty());
+        assert!(!c.subscriptions[0].active);
+        assert_eq!(c.subscriptions[0].events, [EventType::Ivr]);
+        assert_eq!(c.subscriptions[0].endpoint, "http://10.0.0.1:8080");
+    }
+
+    #[test]
+    fn star_means_every_event_type_including_test() {
+        let c = ok(SUB);
+        assert_eq!(c.subscriptions[0].events, EventType::ALL);
+        assert!(EventType::ALL.iter().all(|&t| c.subscriptions[0].wants(t)));
+        // Duplicates and "*" alongside names collapse.
+        let c = ok("subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [App.TestWebhook, \"*\", App.TestWebhook]\n");
+        assert_eq!(c.subscriptions[0].events, EventType::ALL);
+        let c = ok("subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [App.TestWebhook, App.QueueWebhook, App.TestWebhook]\n");
+        assert_eq!(
+            c.subscriptions[0].events,
+            [EventType::Queue, EventType::Test]
+        );
+    }
+
+    #[test]
+    fn event_type_names_round_trip() {
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            assert_eq!(t.to_string(), t.as_str());
+        }
+        assert_eq!(EventType::parse("App.QueueWebhook"), Some(EventType::Queue));
+        assert_eq!(EventType::parse("app.queuewebhook"), None);
+        assert_eq!(EventType::parse("*"), None);
+    }
+
+    #[test]
+    fn secret_decodes_to_the_key_bytes() {
+        let text = |secret: &str| {
+            format!("subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    secret: {secret}\n")
+        };
+        for secret in [
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "\"${HOOK_SECRET}\"",
+        ] {
+            let c = match parse_env(
+                &text(secret),
+                &[("HOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")],
+            ) {
+                Ok(c) => c,
+                Err(e) => panic!("{secret}: {e}"),
+            };
+            let key = c.subscriptions[0].secret.as_ref().map(Secret::key);
+            assert_eq!(key, Some(&SECRET_KEY[..]), "{secret}");
+        }
+        // Not base64: refused, at the secret's position, without echoing it.
+        let message = refused(&text("whsec_not*base64!"), 5, Some(13));
+        assert_contains(&message, "subscriptions[0].secret");
+        assert!(!message.contains("not*base64"), "{message}");
+        refused(&text("whsec_"), 5, Some(13));
+    }
+
+    #[test]
+    fn secret_debug_never_shows_the_key() {
+        let secret = Secret {
+            key: SECRET_KEY.to_vec(),
+        };
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+        let c = match parse_env(SPEC_EXAMPLE, &[("CRM_TOKEN", "t0ken")]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("t0ken"), "{debug}");
+        assert!(debug.contains("Secret(***)"), "{debug}");
+        assert!(!debug.contains("49, 242"), "{debug}");
+    }
+
+    #[test]
+    fn secret_file_is_read_trimmed_and_resolved_against_the_config_dir() {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        let write = |name: &str, contents: &str| {
+            let mut f = std::fs::File::create(dir.path().join(name)).expect("create");
+            f.write_all(contents.as_bytes()).expect("write");
+        };
+        write("hook.secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n");
+        write("config.yaml", "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    secret_file: hook.secret\n");
+        let c = match load(&dir.path().join("config.yaml")) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let key = c.subscriptions[0].secret.as_ref().map(Secret::key);
+        assert_eq!(key, Some(&SECRET_KEY[..]));
+
+        // An absolute path given through a variable works too.
+        let path = dir.path().join("hook.secret");
+        let c = parse_env(
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    secret_file: ${SECRET_PATH}\n",
+            &[("SECRET_PATH", path.to_str().expect("utf-8 temp path"))],
+        );
+        assert!(
+            matches!(c, Ok(ref c) if c.subscriptions[0].secret.is_some()),
+            "{c:?}"
+        );
+
+        // A file holding garbage is refused like a bad inline secret.
+        write("bad.secret", "hunter2!\n");
+        write("bad.yaml", "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    secret_file: bad.secret\n");
+        match load(&dir.path().join("bad.yaml")) {
+            Err(ConfigError::Invalid { line, message, .. }) => {
+                assert_eq!(line, 5);
+                assert!(!message.contains("hunter2"), "{message}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn load_reports_a_missing_file_as_io() {
+        let err = load(Path::new("/nonexistent/cdrhook/config.yaml"));
+        match err {
+            Err(e @ ConfigError::Io { .. }) => {
+                assert!(e
+                    .to_string()
+                    .starts_with("/nonexistent/cdrhook/config.yaml: "))
+            }
+            other => panic!("expected an io error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_directory() {
+        let text = "spool:\n  dir: spool\n  rejected_dir: ../rejected\njournal:\n  path: ./state/journal\ncontrol:\n  socket: run/control.sock\ndelivery:\n  ca_file: ca.pem\nsubscriptions:\n";
+        let c = match parse(text, Path::new("/opt/cdrhook/etc/config.yaml"), &|_| None) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(c.spool.dir, Path::new("/opt/cdrhook/etc/spool"));
+        assert_eq!(
+            c.spool.archive_dir,
+            Path::new("/opt/cdrhook/etc/spool/archive")
+        );
+        assert_eq!(
+            c.spool.rejected_dir,
+            Path::new("/opt/cdrhook/etc/../rejected")
+        );
+        assert_eq!(c.journal.path, Path::new("/opt/cdrhook/etc/state/journal"));
+        assert_eq!(
+            c.control.socket,
+            Path::new("/opt/cdrhook/etc/run/control.sock")
+        );
+        assert_eq!(
+            c.delivery.ca_file.as_deref(),
+            Some(Path::new("/opt/cdrhook/etc/ca.pem"))
+        );
+
+        // A config path without a directory is anchored to the cwd.
+        let c = match parse(text, Path::new("config.yaml"), &|_| None) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(c.spool.dir.is_absolute(), "{:?}", c.spool.dir);
+        assert!(c.spool.dir.ends_with("spool"));
+    }
+
+    #[test]
+    fn header_sensitivity() {
+        let text = "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    headers:\n      Authorization: Basic abc\n      cookie: s=1\n      X-Plain: hello\n      X-Token: ${TOKEN}\n      X-Partial: \"id-${TOKEN}-x\"\n      X-Dollar: \"a$$b $c $${TOKEN}\"\n";
+        let c = match parse_env(text, &[("TOKEN", "sekrit")]) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let got: Vec<(&str, &str, bool)> = c.subscriptions[0]
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_str(), h.sensitive))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("Authorization", "Basic abc", true),
+                ("cookie", "s=1", true),
+                ("X-Plain", "hello", false),
+                ("X-Token", "sekrit", true),
+                ("X-Partial", "id-sekrit-x", true),
+                ("X-Dollar", "a$b $c ${TOKEN}", false),
+            ]
+        );
+        let debug = format!("{:?}", c.subscriptions[0].headers);
+        assert!(
+            !debug.contains("sekrit") && !debug.contains("Basic abc"),
+            "{debug}"
+        );
+        assert!(debug.contains("hello"), "{debug}");
+    }
+
+    #[test]
+    fn endpoint_is_expanded() {
+        let c = parse_env(
+            "subscriptions:\n  - name: a\n    endpoint: https://${HOST}/hook?x=$1\n    events: [\"*\"]\n",
+            &[("HOST", "crm.example.com:8443")],
+        );
+        assert!(
+            matches!(c, Ok(ref c) if c.subscriptions[0].endpoint == "https://crm.example.com:8443/hook?x=$1"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn restart_required_names_only_restart_settings() {
+        let running = ok(SUB);
+        assert!(running.restart_required(&running.clone()).is_empty());
+
+        let mut new = running.clone();
+        new.delivery.timeout = secs(99);
+        new.subscriptions.clear();
+        new.spool.max_file_size = 1;
+        assert!(running.restart_required(&new).is_empty());
+
+        new.spool.dir = PathBuf::from("/elsewhere");
+        new.journal.path = PathBuf::from("/elsewhere/journal");
+        new.control.socket = PathBuf::from("/elsewhere/sock");
+        assert_eq!(
+            running.restart_required(&new),
+            ["spool.dir", "journal.path", "control.socket"]
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        for (text, bytes) in [
+            ("10MiB", 10 << 20),
+            ("512KiB", 512 << 10),
+            ("1GiB", 1 << 30),
+            ("100kB", 100_000),
+            ("1MB", 1_000_000),
+            ("4096", 4096),
+            ("2 mib", 2 << 20),
+            ("7B", 7),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for text in [
+            "",
+            "MiB",
+            "10XB",
+            "1.5MiB",
+            "-1",
+            "99999999999999999999",
+            "18446744073709551615KiB",
+        ] {
+            assert!(parse_size(text).is_err(), "{text}");
+        }
+        let c = ok("spool:\n  max_file_size: 1048576\nsubscriptions:\n");
+        assert_eq!(c.spool.max_file_size, 1 << 20);
+    }
+
+    #[test]
+    fn expansion_rules() {
+        let mut lookup = |name: &str| (name == "A").then(|| "x".to_owned());
+        assert_eq!(expand("${A}-${A}", &mut lookup), Ok(("x-x".into(), true)));
+        assert_eq!(
+            expand("$$A $A $", &mut lookup),
+            Ok(("$A $A $".into(), false))
+        );
+        assert_eq!(expand("$${A}", &mut lookup), Ok(("${A}".into(), false)));
+        let unset = expand("${B}", &mut lookup);
+        assert!(
+            matches!(&unset, Err(m) if m.contains("B is not set")),
+            "{unset:?}"
+        );
+        assert!(expand("${A", &mut lookup).is_err());
+        assert!(expand("${}", &mut lookup).is_err());
+        assert!(expand("${A:-d}", &mut lookup).is_err());
+    }
+
+    #[test]
+    fn error_display_is_path_line_column_message() {
+        let err = parse_env(
+            "subscriptions:\n  - name: a\n    endpoint: ftp://x\n    events: [\"*\"]\n",
+            &[],
+        );
+        match err {
+            Err(e) => assert_eq!(
+                e.to_string(),
+                "/etc/cdrhook/config.yaml:3:15: subscriptions[0].endpoint: \"ftp://x\" is not an http or https URL"
+            ),
+            Ok(_) => panic!("ftp endpoint accepted"),
+        }
+    }
+
+    // --- refused files ------------------------------------------------------
+
+    #[test]
+    fn empty_file_is_refused() {
+        for text in ["", "\n\n", "# only a comment\n", "~\n"] {
+            match parse_env(text, &[]) {
+                Err(e @ ConfigError::Unpositioned { .. }) => {
+                    assert_contains(&e.to_string(), "empty")
+                }
+                other => panic!("{text:?}: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_yaml_is_refused_with_position() {
+        let m = refused(
+            "spool:\n  dir: /x\n  bad: [unclosed\nsubscriptions:\n",
+            4,
+            None,
+        );
+        assert_contains(&m, "flow sequence at line 3 column 8");
+        refused("subscriptions:\n  - name: a\n   endpoint: x\n", 3, None);
+    }
+
+    #[test]
+    fn top_level_must_be_a_mapping() {
+        let message = refused("- a\n- b\n", 1, Some(1));
+        assert_contains(&message, "a mapping of cdrhook settings");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_everywhere() {
+        let m = refused("subscription:\n  - name: a\n", 1, Some(1));
+        assert_contains(&m, "unknown field `subscription`");
+        let m = refused("spool:\n  dir: /x\n  dri: /y\nsubscriptions:\n", 3, Some(3));
+        assert_contains(&m, "spool: unknown field `dri`");
+        let m = refused("delivery:\n  retries: 3\nsubscriptions:\n", 2, Some(3));
+        assert_contains(&m, "retries");
+        let m = refused(
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    enabled: true\n",
+            5,
+            Some(5),
+        );
+        assert_contains(&m, "subscriptions[0]: unknown field `enabled`");
+    }
+
+    #[test]
+    fn duplicate_subscription_name_is_refused_at_the_second() {
+        let text = "subscriptions:\n  - name: crm\n    endpoint: http://a\n    events: [\"*\"]\n  - name: other\n    endpoint: http://b\n    events: [\"*\"]\n  - endpoint: http://c\n    name: crm\n    events: [\"*\"]\n";
+        let m = refused(text, 9, Some(11));
+        assert_contains(&m, "subscriptions[2].name");
+        assert_contains(&m, "duplicate subscription name \"crm\"");
+    }
+
+    #[test]
+    fn bad_subscription_names_are_refused() {
+        for name in ["\"\"", "\"has space\"", "-dash", "a/b"] {
+            let text = format!(
+                "subscriptions:\n  - name: {name}\n    endpoint: http://a\n    events: [\"*\"]\n"
+            );
+            refused(&text, 2, Some(11));
+        }
+    }
+
+    #[test]
+    fn missing_required_fields_are_refused_at_the_entry() {
+        let base = "subscriptions:\n  - name: ok\n    endpoint: http://a\n    events: [\"*\"]\n";
+        for (text, field) in [
+            (
+                format!("{base}  - endpoint: http://b\n    events: [\"*\"]\n"),
+                "name",
+            ),
+            (
+                format!("{base}  - name: b\n    events: [\"*\"]\n"),
+                "endpoint",
+            ),
+            (
+                format!("{base}  - name: b\n    endpoint: http://b\n"),
+                "events",
+            ),
+        ] {
+            let m = refused(&text, 5, Some(5));
+            assert_contains(&m, &format!("subscriptions[1]: missing field `{field}`"));
+        }
+    }
+
+    #[test]
+    fn non_http_endpoints_are_refused() {
+        for (endpoint, problem) in [
+            ("ftp://x", "is not an http or https URL"),
+            ("crm.example.com/hook", "is not an http or https URL"),
+            ("https://", "has no host"),
+            ("https:///path", "has no host"),
+            ("http://:80/x", "has no host"),
+            ("http://host:99999/", "invalid port"),
+            ("http://host:/", "invalid port"),
+            ("http://user:pw@host/", "credentials"),
+            ("\"http://host/a b\"", "whitespace"),
+            ("http://[::1/", "IPv6"),
+        ] {
+            let text = format!(
+                "subscriptions:\n  - name: a\n    endpoint: http://ok\n    events: [\"*\"]\n  - name: b\n    endpoint: {endpoint}\n    events: [\"*\"]\n"
+            );
+            let m = refused(&text, 6, Some(15));
+            assert_contains(&m, "subscriptions[1].endpoint");
+            assert_contains(&m, problem);
+        }
+        for endpoint in [
+            "HTTPS://Host.Example:443/x",
+            "http://[::1]:8080/",
+            "http://h_1.local",
+        ] {
+            let text = format!(
+                "subscriptions:\n  - name: a\n    endpoint: {endpoint}\n    events: [\"*\"]\n"
+            );
+            ok(&text);
+        }
+    }
+
+    #[test]
+    fn endpoint_from_a_variable_is_checked_without_echoing_the_value() {
+        let text = "subscriptions:\n  - name: a\n    endpoint: ${URL}\n    events: [\"*\"]\n";
+        let m = refused_env(text, &[("URL", "ftp://tok3n@x")], 3, Some(15));
+        assert!(!m.contains("tok3n"), "{m}");
+        assert_contains(&m, "${URL}");
+    }
+
+    #[test]
+    fn bad_header_names_are_refused_at_the_key() {
+        let head = "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    headers:\n      X-Ok: 1\n";
+        for name in ["\"X Bad\"", "\"X:Colon\"", "\"\"", "\"Ünicode\""] {
+            let m = refused(&format!("{head}      {name}: v\n"), 7, Some(7));
+            assert_contains(&m, "not a valid HTTP header name");
+        }
+        let m = refused(&format!("{head}      webhook-signature: v\n"), 7, Some(7));
+        assert_contains(&m, "set by cdrhook");
+        let m = refused(&format!("{head}      x-ok: 2\n"), 7, Some(7));
+        assert_contains(&m, "given twice");
+    }
+
+    #[test]
+    fn header_values_with_line_breaks_are_refused() {
+        let head = "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    headers:\n";
+        let m = refused(
+            &format!("{head}      X-A: \"one\\r\\nX-Injected: two\"\n"),
+            6,
+            Some(12),
+        );
+        assert_contains(&m, "line break");
+        assert!(!m.contains("Injected"), "{m}");
+        refused(&format!("{head}      X-A: \"nul\\0\"\n"), 6, Some(12));
+        // Literal block scalars keep their newline.
+        refused(
+            &format!("{head}      X-A: |\n        multi\n        line\n"),
+            6,
+            Some(12),
+        );
+        // The same check applies after expansion.
+        let m = refused_env(
+            &format!("{head}      X-A: \"Bearer ${{TOKEN}}\"\n"),
+            &[("TOKEN", "abc\nX-Injected: 1")],
+            6,
+            Some(12),
+        );
+        assert_contains(&m, "after expanding");
+        assert!(!m.contains("Injected"), "{m}");
+    }
+
+    #[test]
+    fn unknown_event_types_are_refused_at_the_element() {
+        let m = refused(
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events:\n      - App.QueueWebhook\n      - App.queueWebhook\n",
+            6,
+            Some(9),
+        );
+        assert_contains(&m, "subscriptions[0].events[1]");
+        assert_contains(&m, "unknown event type \"App.queueWebhook\"");
+        refused(
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [App.QueueWebhook, all]\n",
+            4,
+            Some(32),
+        );
+        let m = refused(
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: []\n",
+            4,
+            Some(13),
+        );
+        assert_contains(&m, "at least one event type");
+    }
+
+    #[test]
+    fn unset_variables_are_refused_naming_the_variable() {
+        let m = refused(
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    headers:\n      Authorization: \"Bearer ${CRM_TOKEN}\"\n",
+            6,
+            Some(22),
+        );
+        assert_contains(&m, "CRM_TOKEN is not set");
+        let m = refused(
+            "subscriptions:\n  - name: a\n    endpoint: https://${HOST}/\n    events: [\"*\"]\n",
+            3,
+            Some(15),
+        );
+        assert_contains(&m, "HOST is not set");
+        let m = refused("subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    secret: ${S}\n", 5, Some(13));
+        assert_contains(&m, "S is not set");
+        let m = refused("subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    secret_file: ${F}\n", 5, Some(18));
+        assert_contains(&m, "F is not set");
+    }
+
+    #[test]
+    fn variables_are_not_expanded_in_other_settings() {
+        let c = ok("spool:\n  dir: /x/${NOT_EXPANDED}\nsubscriptions:\n");
+        assert_eq!(c.spool.dir, Path::new("/x/${NOT_EXPANDED}"));
+    }
+
+    #[test]
+    fn secret_and_secret_file_together_are_refused_at_the_entry() {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(b"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .expect("write");
+        let m = refused_env(
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n  - name: b\n    endpoint: http://h\n    events: [\"*\"]\n    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n    secret_file: ${F}\n",
+            &[("F", file.path().to_str().expect("utf-8 temp path"))],
+            5,
+            Some(5),
+        );
+        assert_contains(&m, "subscriptions[1]");
+        assert_contains(&m, "either secret or secret_file");
+    }
+
+    #[test]
+    fn unreadable_secret_file_is_refused_at_the_value() {
+        let m = refused(
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    secret_file: /nonexistent/cdrhook.secret\n",
+            5,
+            Some(18),
+        );
+        assert_contains(&m, "cannot read secret file /nonexistent/cdrhook.secret");
+    }
+
+    #[test]
+    fn bad_durations_and_sizes_are_refused_at_the_value() {
+        let m = refused("delivery:\n  timeout: 10\nsubscriptions:\n", 2, Some(12));
+        assert_contains(&m, "delivery.timeout");
+        refused("delivery:\n  timeout: 0s\nsubscriptions:\n", 2, Some(12));
+        refused(
+            "spool:\n  rescan_interval: 0ms\nsubscriptions:\n",
+            2,
+            Some(20),
+        );
+        refused(
+            "journal:\n  retention: forever\nsubscriptions:\n",
+            2,
+            Some(14),
+        );
+        let m = refused(
+            "delivery:\n  retry_schedule:\n    - 5s\n    - 5 mins later\nsubscriptions:\n",
+            4,
+            Some(7),
+        );
+        assert_contains(&m, "delivery.retry_schedule[1]");
+        let m = refused(
+            "spool:\n  max_file_size: 10 MeB\nsubscriptions:\n",
+            2,
+            Some(18),
+        );
+        assert_contains(&m, "size unit");
+        refused("spool:\n  max_file_size: 0\nsubscriptions:\n", 2, Some(18));
+        refused("delivery:\n  concurrency: 0\nsubscriptions:\n", 2, Some(16));
+        refused(
+            "delivery:\n  concurrency: -3\nsubscriptions:\n",
+            2,
+            Some(16),
+        );
+    }
+
+    #[test]
+    fn other_bad_values_are_refused_at_the_value() {
+        let m = refused("log_level: loud\nsubscriptions:\n", 1, Some(12));
+        assert_contains(&m, "not a log level");
+        let m = refused(
+            "spool:\n  after_ingest: move\nsubscriptions:\n",
+            2,
+            Some(17),
+        );
+        assert_contains(&m, "move");
+        refused(
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    active: yes\n",
+            5,
+            Some(13),
+        );
+        refused("spool:\n  dir: \"\"\nsubscriptions:\n", 2, Some(8));
+    }
+
+    #[test]
+    fn spool_subdirectories_must_differ_from_the_spool() {
+        match parse_env(
+            "spool:\n  dir: /s\n  archive_dir: /s\nsubscriptions:\n",
+            &[],
+        ) {
+            Err(e @ ConfigError::Unpositioned { .. }) => {
+                assert_contains(&e.to_string(), "spool.archive_dir")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}

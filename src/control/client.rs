@@ -1,0 +1,48 @@
+//! The command line's side of the control socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::protocol::Request;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon answers (exit code 3).
+    #[error("no cdrhook daemon answers on {path}: {reason}")]
+    NoDaemon { path: String, reason: String },
+    #[error("control socket {path}: {reason}")]
+    Protocol { path: String, reason: String },
+}
+
+/// Sends one request and returns the daemon's response object.
+pub fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
+    let path = socket.display().to_string();
+    let mut stream = UnixStream::connect(socket).map_err(|e| ClientError::NoDaemon {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let protocol = |reason: String| ClientError::Protocol {
+        path: path.clone(),
+        reason,
+    };
+    let mut line = serde_json::to_vec(request).map_err(|e| protocol(e.to_string()))?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .map_err(|e| protocol(e.to_string()))?;
+    let mut reader = BufReader::new(stream);
+    let mut response = String::new();
+    let n = reader
+        .read_line(&mut response)
+        .map_err(|e| protocol(e.to_string()))?;
+    if n == 0 {
+        return Err(ClientError::NoDaemon {
+            path,
+            reason: "the daemon closed the connection without answering".into(),
+        });
+    }
+    serde_json::from_str(&response).map_err(|e| protocol(format!("bad response: {e}")))
+}

@@ -1,0 +1,274 @@
+//! One HTTP attempt: the request SPEC §4 fixes, sent with the daemon's one
+//! ureq agent, and what comes back, trimmed to what the journal keeps.
+
+use std::io::Read;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+
+use crate::config::{DeliveryConfig, Subscription};
+
+use super::sign::signature;
+
+pub const USER_AGENT: &str = concat!("cdrhook/", env!("CARGO_PKG_VERSION"));
+
+/// How much of a response body the journal keeps.
+pub const KEPT_BODY: usize = 4096;
+/// How much we read at most: reading a body to its end lets ureq reuse the
+/// connection; past this we drop the connection instead of reading on.
+const READ_LIMIT: u64 = 64 * 1024;
+
+const MASK: &str = "***";
+
+/// Builds the daemon's agent: global timeout, no redirects, statuses as
+/// values, the system's roots plus `ca_file`.
+pub fn build_agent(cfg: &DeliveryConfig) -> Result<ureq::Agent, String> {
+    let mut roots: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
+        .certs
+        .iter()
+        .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+        .collect();
+    if let Some(path) = &cfg.ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("delivery.ca_file {}: {e}", path.display()))?;
+        let before = roots.len();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(PemItem::Certificate(c)) => roots.push(c.to_owned()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("delivery.ca_file {}: {e}", path.display())),
+            }
+        }
+        if roots.len() == before {
+            return Err(format!(
+                "delivery.ca_file {}: no PEM certificate in it",
+                path.display()
+            ));
+        }
+    }
+    // A box without a system bundle still verifies public endpoints against
+    // the bundled Mozilla roots rather than failing every https request.
+    let root_certs = if roots.is_empty() {
+        RootCerts::WebPki
+    } else {
+        RootCerts::new_with_certs(&roots)
+    };
+    let tls = TlsConfig::builder().root_certs(root_certs).build();
+    Ok(ureq::Agent::config_builder()
+        .timeout_global(Some(cfg.timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent(USER_AGENT)
+        .tls_config(tls)
+        .build()
+        .new_agent())
+}
+
+pub struct Outgoing<'a> {
+    pub sub: &'a Subscription,
+    pub webhook_id: &'a str,
+    pub event_type: &'a str,
+    pub attempt: u32,
+    pub body: &'a [u8],
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub time_ms: u64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration: Duration,
+    /// As sent, with secrets masked.
+    pub request_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl Outcome {
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none() && matches!(self.status, Some(200..=299))
+    }
+
+    /// Whether the failure says the endpoint itself is unwell (down, slow,
+    /// overloaded, misrouted), as opposed to refusing this one CDR (a 4xx).
+    /// Only the former holds back the subscription's queue.
+    pub fn endpoint_failing(&self) -> bool {
+        match self.status {
+            _ if self.error.is_some() => true,
+            Some(408) | Some(429) => true,
+            Some(400..=499) => false,
+            Some(200..=299) => false,
+            _ => true,
+        }
+    }
+}
+
+/// Sends one attempt. Never panics and never returns early: every way it
+/// can go wrong becomes an `Outcome` with an error, for the journal.
+pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let timestamp = now.as_secs();
+    let mut headers: Vec<(String, String, bool)> = vec![
+        ("content-type".into(), "application/json".into(), false),
+        ("user-agent".into(), USER_AGENT.into(), false),
+        ("webhook-id".into(), out.webhook_id.into(), false),
+        ("webhook-timestamp".into(), timestamp.to_string(), false),
+        ("x-webhook-event".into(), out.event_type.into(), false),
+        ("x-webhook-attempt".into(), out.attempt.to_string(), false),
+    ];
+    if let Some(secret) = &out.sub.secret {
+        let sig = signature(secret.key(), out.webhook_id, timestamp, out.body);
+        headers.push(("webhook-signature".into(), sig, false));
+    }
+    for h in &out.sub.headers {
+        headers.push((h.name.clone(), h.value.clone(), h.sensitive));
+    }
+
+    let mut request = agent.post(&out.sub.endpoint);
+    for (name, value, _) in &headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let masked = headers
+        .into_iter()
+        .map(|(n, v, sensitive)| (n, if sensitive { MASK.to_string() } else { v }))
+        .collect();
+
+    let started = Instant::now();
+    let mut outcome = Outcome {
+        time_ms: now.as_millis() as u64,
+        status: None,
+        error: None,
+        duration: Duration::ZERO,
+        request_headers: masked,
+        response_headers: Vec::new(),
+        response_body: None,
+        retry_after: None,
+    };
+    match request.send(out.body) {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            outcome.status = Some(status);
+            outcome.response_headers = response
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    let value = if is_secret_header(n.as_str()) {
+                        MASK.to_string()
+                    } else {
+                        String::from_utf8_lossy(v.as_bytes()).into_owned()
+                    };
+                    (n.as_str().to_string(), value)
+                })
+                .collect();
+            if status == 429 || status == 503 {
+                outcome.retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after);
+            }
+            let mut body = Vec::new();
+            let read = response
+                .body_mut()
+                .as_reader()
+                .take(READ_LIMIT)
+                .read_to_end(&mut body);
+            if let Err(e) = read {
+                // The status already came: the attempt's verdict stands, but a
+                // success whose body was cut short by a timeout is still a
+                // success only if the receiver's status says so.
+                outcome.response_body = Some(format!("(body unreadable: {e})"));
+            } else if !body.is_empty() {
+                body.truncate(KEPT_BODY);
+                outcome.response_body = Some(String::from_utf8_lossy(&body).into_owned());
+            }
+            if (300..400).contains(&status) {
+                let location = response
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?");
+                outcome.error = Some(format!(
+                    "redirect {status} to {location} not followed: fix the endpoint URL"
+                ));
+            }
+        }
+        Err(e) => outcome.error = Some(describe(&e)),
+    }
+    outcome.duration = started.elapsed();
+    outcome
+}
+
+fn is_secret_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("set-cookie") || name.eq_ignore_ascii_case("authorization")
+}
+
+fn describe(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(_) => format!("timeout: {e}"),
+        ureq::Error::Io(io) => format!("connection failed: {io}"),
+        ureq::Error::HostNotFound => "host not found".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let now = chrono::Utc::now();
+    let delta = when.with_timezone(&chrono::Utc) - now;
+    Some(delta.to_std().unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: Option<u16>, error: Option<&str>) -> Outcome {
+        Outcome {
+            time_ms: 0,
+            status,
+            error: error.map(str::to_string),
+            duration: Duration::ZERO,
+            request_headers: vec![],
+            response_headers: vec![],
+            response_body: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn only_2xx_succeeds() {
+        assert!(outcome(Some(200), None).succeeded());
+        assert!(outcome(Some(204), None).succeeded());
+        assert!(!outcome(Some(302), Some("redirect")).succeeded());
+        assert!(!outcome(Some(500), None).succeeded());
+        assert!(!outcome(None, Some("timeout")).succeeded());
+    }
+
+    #[test]
+    fn a_4xx_does_not_mark_the_endpoint_failing() {
+        assert!(!outcome(Some(400), None).endpoint_failing());
+        assert!(!outcome(Some(422), None).endpoint_failing());
+        assert!(outcome(Some(429), None).endpoint_failing());
+        assert!(outcome(Some(503), None).endpoint_failing());
+        assert!(outcome(None, Some("refused")).endpoint_failing());
+    }
+
+    #[test]
+    fn retry_after_in_seconds_and_as_a_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,378 @@
+//! The daemon: starts every part in order, routes signals and config
+//! changes to them, and stops them in order.
+//!
+//! Start-up: config → control socket (refuse if another daemon answers) →
+//! journal → deliveries restored → spool thread (recovery, first scan) →
+//! watchers → READY=1. Shutdown: stop intake → let attempts in flight finish
+//! (at most `delivery.timeout`) → flush the journal → remove the socket.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::control;
+use crate::delivery::{http, Context, Dispatcher};
+use crate::journal::{Journal, State, Trigger};
+use crate::logging;
+use crate::reload::{self, LiveConfig, Reloaded};
+use crate::shutdown::Shutdown;
+use crate::spool::{self, Spool, SpoolMsg};
+use crate::time::now_ms;
+
+/// sled's page cache. The journal is written sequentially and read mostly
+/// by recent keys, so a small cache keeps the resident size small.
+const JOURNAL_CACHE: u64 = 16 << 20;
+
+/// How often retention runs. Far slower than any rescan, so an idle daemon
+/// stays idle.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
+/// Operator requests that arrive as signals (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Reload,
+    ResendFailed,
+    LogStatus,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Control(String),
+    #[error("cannot open the journal at {path} (is another cdrhook using it?): {source}")]
+    Journal {
+        path: PathBuf,
+        source: crate::journal::JournalError,
+    },
+    #[error("spool: {0}")]
+    Spool(std::io::Error),
+    #[error("{0}")]
+    Delivery(String),
+}
+
+/// What the control commands and signal handlers act on.
+pub struct Daemon {
+    pub live: Arc<LiveConfig>,
+    pub journal: Arc<Journal>,
+    pub dispatcher: Arc<Dispatcher>,
+    spool_tx: std_mpsc::Sender<SpoolMsg>,
+    pub started_ms: u64,
+}
+
+impl Daemon {
+    pub fn config(&self) -> Arc<Config> {
+        self.live.get()
+    }
+
+    /// Reloads the config file and applies a valid version to every part.
+    /// Returns whether anything was applied.
+    pub fn reload(&self, force: bool) -> Result<bool, String> {
+        let _ = sd_notify::notify(
+            false,
+            &[
+                sd_notify::NotifyState::Reloading,
+                sd_notify::NotifyState::monotonic_usec_now()
+                    .unwrap_or(sd_notify::NotifyState::Custom("")),
+            ],
+        );
+        let result = self.live.reload(force).map(|r| match r {
+            Reloaded::Applied(cfg) => {
+                self.apply(&cfg);
+                true
+            }
+            Reloaded::Unchanged => false,
+        });
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        result
+    }
+
+    fn apply(&self, cfg: &Config) {
+        logging::apply_level(cfg.log_level.as_deref());
+        let ctx = self.dispatcher.context();
+        let old = ctx
+            .settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if old.timeout != cfg.delivery.timeout || old.ca_file != cfg.delivery.ca_file {
+            match http::build_agent(&cfg.delivery) {
+                Ok(agent) => *ctx.agent.write().unwrap_or_else(|p| p.into_inner()) = agent,
+                Err(e) => log::error!("config: {e}; keeping the previous TLS and timeout settings"),
+            }
+        }
+        *ctx.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg.delivery.clone());
+        self.dispatcher.apply_subscriptions(&cfg.subscriptions);
+        // A shorter rescan_interval should not wait for the old one to run out.
+        let _ = self.spool_tx.send(SpoolMsg::Rescan);
+    }
+
+    /// Queues one attempt for every dead or retrying delivery that matches.
+    pub fn resend_failed(&self, sub: Option<&str>, since_ms: Option<u64>) -> Result<usize, String> {
+        let failed = self
+            .journal
+            .failed_deliveries(sub, since_ms)
+            .map_err(|e| e.to_string())?;
+        let active: Vec<String> = self
+            .config()
+            .subscriptions
+            .iter()
+            .filter(|s| s.active)
+            .map(|s| s.name.clone())
+            .collect();
+        let mut queued = 0;
+        for d in failed.iter().filter(|d| active.contains(&d.subscription)) {
+            self.dispatcher
+                .once_later(&d.subscription, d.id, Trigger::Resend);
+            queued += 1;
+        }
+        Ok(queued)
+    }
+
+    pub fn spool_backlog(&self) -> (usize, usize) {
+        spool::backlog(&self.config().spool)
+    }
+}
+
+/// Runs the daemon until `shutdown` completes. Signals (reload, resend,
+/// status) arrive on `signals`; tests drive both directly.
+pub async fn run(
+    config_path: &Path,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let live = Arc::new(LiveConfig::load(config_path)?);
+    let cfg = live.get();
+    logging::apply_level(cfg.log_level.as_deref());
+
+    let listener = control::bind(&cfg.control.socket).map_err(StartError::Control)?;
+    let socket_path = cfg.control.socket.clone();
+    let started = start(live, cfg, listener).await;
+    let (daemon, parts) = match started {
+        Ok(ok) => ok,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket_path);
+            return Err(e);
+        }
+    };
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tokio::pin!(shutdown);
+    let mut config_changes = parts.config_changes;
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(signal) = signals.recv() => handle_signal(&daemon, signal),
+            Some(()) = config_changes.recv() => {
+                let _ = daemon.reload(false);
+            }
+        }
+    }
+
+    log::info!("stopping: no new files; letting attempts in flight finish");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = parts.stop.send(true);
+    let _ = daemon.spool_tx.send(SpoolMsg::Stop);
+    let spool_thread = parts.spool_thread;
+    let _ = tokio::task::spawn_blocking(move || spool_thread.join()).await;
+    let grace = daemon.config().delivery.timeout + Duration::from_secs(1);
+    daemon.dispatcher.shutdown(grace).await;
+    let _ = parts.control.await;
+    if let Err(e) = daemon.journal.flush() {
+        log::error!("stopping: {e}");
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    log::info!("stopped");
+    Ok(())
+}
+
+struct Parts {
+    stop: watch::Sender<bool>,
+    spool_thread: std::thread::JoinHandle<()>,
+    control: tokio::task::JoinHandle<()>,
+    config_changes: mpsc::UnboundedReceiver<()>,
+    // Dropping a watcher stops it: keep them for the daemon's lifetime.
+    _watchers: Vec<notify::RecommendedWatcher>,
+}
+
+async fn start(
+    live: Arc<LiveConfig>,
+    cfg: Arc<Config>,
+    listener: tokio::net::UnixListener,
+) -> Result<(Arc<Daemon>, Parts), StartError> {
+    let journal = Arc::new(
+        Journal::open(&cfg.journal.path, JOURNAL_CACHE).map_err(|source| StartError::Journal {
+            path: cfg.journal.path.clone(),
+            source,
+        })?,
+    );
+    Spool::prepare(&cfg.spool).map_err(StartError::Spool)?;
+    let agent = http::build_agent(&cfg.delivery).map_err(StartError::Delivery)?;
+
+    let (spool_tx, spool_rx) = std_mpsc::channel();
+    let files_tx = spool_tx.clone();
+    let ctx = Arc::new(Context {
+        journal: journal.clone(),
+        settings: RwLock::new(Arc::new(cfg.delivery.clone())),
+        agent: RwLock::new(agent),
+        files_finished: Box::new(move |names| {
+            let _ = files_tx.send(SpoolMsg::Finished(names));
+        }),
+    });
+    let dispatcher = Arc::new(Dispatcher::new(ctx, tokio::runtime::Handle::current()));
+    dispatcher.apply_subscriptions(&cfg.subscriptions);
+    restore(&journal, &dispatcher)?;
+
+    let mut watchers = Vec::new();
+    match spool::watch(&cfg.spool.dir, spool_tx.clone()) {
+        Ok(w) => watchers.push(w),
+        Err(e) => log::warn!(
+            "spool: file watcher unavailable ({e}); files are found by the rescan every {}",
+            humantime::format_duration(cfg.spool.rescan_interval)
+        ),
+    }
+    let spool = Spool::new(live.clone(), journal.clone(), dispatcher.clone(), spool_rx);
+    let spool_thread = std::thread::Builder::new()
+        .name("spool".into())
+        .spawn(move || spool.run())
+        .map_err(StartError::Spool)?;
+
+    let (config_tx, config_changes) = mpsc::unbounded_channel();
+    match reload::watch(live.path(), config_tx) {
+        Ok(w) => watchers.push(w),
+        Err(e) => log::warn!(
+            "config: cannot watch {} ({e}); reload with SIGHUP or `cdrhook reload`",
+            live.path().display()
+        ),
+    }
+
+    let daemon = Arc::new(Daemon {
+        live,
+        journal,
+        dispatcher,
+        spool_tx,
+        started_ms: now_ms(),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let control = tokio::spawn(control::serve(
+        listener,
+        daemon.clone(),
+        Shutdown::new(stop_rx.clone()),
+    ));
+    tokio::spawn(prune_loop(daemon.clone(), Shutdown::new(stop_rx.clone())));
+    tokio::spawn(watchdog_loop(Shutdown::new(stop_rx)));
+    log::info!(
+        "cdrhook {} started: spool {}, {} subscription(s), control socket {}",
+        env!("CARGO_PKG_VERSION"),
+        cfg.spool.dir.display(),
+        cfg.subscriptions.len(),
+        cfg.control.socket.display()
+    );
+    Ok((
+        daemon,
+        Parts {
+            stop,
+            spool_thread,
+            control,
+            config_changes,
+            _watchers: watchers,
+        },
+    ))
+}
+
+/// Hands the journal's open deliveries back to their workers: pending ones
+/// in order, retrying ones at their persisted time.
+fn restore(journal: &Journal, dispatcher: &Dispatcher) -> Result<(), StartError> {
+    let open = journal
+        .open_deliveries()
+        .map_err(|source| StartError::Journal {
+            path: PathBuf::from("(open deliveries)"),
+            source,
+        })?;
+    let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
+    let count = open.len();
+    for d in open {
+        let at = match d.state {
+            State::Retrying => Some(d.next_at_ms.unwrap_or(0)),
+            _ => None,
+        };
+        by_sub.entry(d.subscription).or_default().push((d.id, at));
+    }
+    for (sub, items) in by_sub {
+        dispatcher.enqueue(&sub, items);
+    }
+    if count > 0 {
+        log::info!("resuming {count} open deliveries from the journal");
+    }
+    Ok(())
+}
+
+fn handle_signal(daemon: &Daemon, signal: Signal) {
+    match signal {
+        Signal::Reload => {
+            log::info!("SIGHUP: reloading the config");
+            let _ = daemon.reload(true);
+        }
+        Signal::ResendFailed => match daemon.resend_failed(None, None) {
+            Ok(n) => log::info!("SIGUSR1: resending {n} dead or retrying deliveries"),
+            Err(e) => log::error!("SIGUSR1: {e}"),
+        },
+        Signal::LogStatus => {
+            let status = crate::cmd::status::collect(daemon);
+            for line in crate::cmd::status::render(&status).lines() {
+                log::info!("status: {line}");
+            }
+        }
+    }
+}
+
+async fn prune_loop(daemon: Arc<Daemon>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+        let d = daemon.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let retention = d.config().journal.retention;
+            let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+            d.journal.prune(cutoff, 50_000)
+        })
+        .await;
+        match result {
+            Ok(Ok(stats)) if stats.cdrs > 0 => log::info!(
+                "retention: pruned {} CDRs, {} deliveries, {} attempts",
+                stats.cdrs,
+                stats.deliveries,
+                stats.attempts
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::error!("retention: {e}"),
+            Err(e) => log::error!("retention: {e}"),
+        }
+    }
+}
+
+/// Pings systemd's watchdog at half its interval, from the runtime that
+/// runs everything else, so a wedged runtime gets the daemon restarted.
+async fn watchdog_loop(mut shutdown: Shutdown) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let every = Duration::from_micros(usec / 2);
+    loop {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! The spool: the directory the phone system drops CDR files into, and the
+//! directories cdrhook keeps beside it (`.inflight/`, archive, rejected).
+//! This module owns every filesystem operation on them.
+//!
+//! One thread takes files in, in batches: read and parse each, journal the
+//! batch with one flush, and only then move each file into `.inflight/`,
+//! where it stays until every delivery of its CDRs has ended. The file
+//! watcher only gives hints; a full scan at start-up, every
+//! `rescan_interval` and after an inotify overflow is what guarantees that
+//! nothing is missed.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+use sha2::{Digest, Sha256};
+
+use crate::cdr::{parse_file, Rejection};
+use crate::config::{AfterIngest, Config, SpoolConfig};
+use crate::delivery::Dispatcher;
+use crate::journal::{IngestFile, Journal};
+use crate::reload::LiveConfig;
+use crate::time::{now_ms, rfc3339};
+
+/// The in-flight directory's name inside `spool.dir`. Its leading dot keeps
+/// it out of the phone system's way and out of our own `*.json` scan.
+pub const INFLIGHT: &str = ".inflight";
+
+/// A file that fails to parse but was modified this recently may still be
+/// being written in place: look again later instead of rejecting it.
+pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// Files journaled per flush. Large enough to amortise the fsync, small
+/// enough that a file waits at most one batch.
+const BATCH: usize = 512;
+
+/// Messages to the spool thread.
+pub enum SpoolMsg {
+    /// A file name in the spool that may be ready.
+    Hint(String),
+    /// Scan the whole directory now (watcher overflow or error).
+    Rescan,
+    /// In-flight files whose deliveries have all ended.
+    Finished(Vec<String>),
+    Stop,
+}
+
+pub fn inflight_dir(spool: &SpoolConfig) -> PathBuf {
+    spool.dir.join(INFLIGHT)
+}
+
+/// Whether a directory entry is one the phone system meant for us.
+pub fn is_candidate(name: &str) -> bool {
+    name.ends_with(".json") && !name.starts_with('.') && name.len() > ".json".len()
+}
+
+/// Counts for `status`: files waiting in the spool and files in flight.
+pub fn backlog(spool: &SpoolConfig) -> (usize, usize) {
+    let count = |dir: &Path, pred: &dyn Fn(&str) -> bool| {
+        fs::read_dir(dir)
+            .map(|it| {
+                it.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_str().is_some_and(pred))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    (
+        count(&spool.dir, &is_candidate),
+        count(&inflight_dir(spool), &|n: &str| !n.starts_with('.')),
+    )
+}
+
+/// Starts watching the spool directory; events become hints on `tx`.
+pub fn watch(dir: &Path, tx: mpsc::Sender<SpoolMsg>) -> notify::Result<notify::RecommendedWatcher> {
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let event = match res {
+            Ok(event) => event,
+            Err(e) => {
+                log::warn!("spool watcher: {e}; rescanning");
+                let _ = tx.send(SpoolMsg::Rescan);
+                return;
+            }
+        };
+        if event.need_rescan() {
+            log::info!("spool watcher overflowed; rescanning the spool");
+            let _ = tx.send(SpoolMsg::Rescan);
+            return;
+        }
+        let path = match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => event.paths.first(),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => event.paths.last(),
+            _ => None,
+        };
+        if let Some(name) = path.and_then(|p| p.file_name()).and_then(|n| n.to_str()) {
+            if is_candidate(name) {
+                let _ = tx.send(SpoolMsg::Hint(name.to_string()));
+            }
+        }
+    })?;
+    watcher.watch(dir, RecursiveMode::NonRecursive)?;
+    Ok(watcher)
+}
+
+/// The spool thread's state.
+pub struct Spool {
+    live: Arc<LiveConfig>,
+    journal: Arc<Journal>,
+    dispatcher: Arc<Dispatcher>,
+    rx: mpsc::Receiver<SpoolMsg>,
+    /// Names to look at, in order, without repeats.
+    queue: VecDeque<String>,
+    queued: HashSet<String>,
+    /// Files that may still be being written, by when to look again.
+    deferred: BTreeMap<String, Instant>,
+    next_rescan: Instant,
+    /// Set while the journal cannot be written: no intake until then.
+    journal_retry_at: Option<Instant>,
+    journal_backoff: Duration,
+}
+
+enum Taken {
+    Parsed(IngestFile),
+    Rejected(Rejection),
+    Later(Instant),
+    Gone,
+}
+
+impl Spool {
+    pub fn new(
+        live: Arc<LiveConfig>,
+        journal: Arc<Journal>,
+        dispatcher: Arc<Dispatcher>,
+        rx: mpsc::Receiver<SpoolMsg>,
+    ) -> Spool {
+        Spool {
+            live,
+            journal,
+            dispatcher,
+            rx,
+            queue: VecDeque::new(),
+            queued: HashSet::new(),
+            deferred: BTreeMap::new(),
+            next_rescan: Instant::now(),
+            journal_retry_at: None,
+            journal_backoff: Duration::from_millis(500),
+        }
+    }
+
+    fn config(&self) -> Arc<Config> {
+        self.live.get()
+    }
+
+    /// Creates the directories cdrhook owns. Called before the daemon says
+    /// it is ready, so that a permissions problem stops the start with a
+    /// clear message.
+    pub fn prepare(spool: &SpoolConfig) -> io::Result<()> {
+        if !spool.dir.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("spool.dir {} is not a directory", spool.dir.display()),
+            ));
+        }
+        let inflight = inflight_dir(spool);
+        fs::create_dir_all(&inflight)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", inflight.display())))?;
+        Ok(())
+    }
+
+    /// Runs until `SpoolMsg::Stop`.
+    pub fn run(mut self) {
+        if let Err(e) = self.recover_inflight() {
+            log::error!("spool: recovering {}: {e}", INFLIGHT);
+        }
+        self.rescan();
+        loop {
+            self.take_in_batch();
+            let timeout = self.next_timeout();
+            let msg = if self.queue.is_empty() || self.journal_retry_at.is_some() {
+                self.rx.recv_timeout(timeout)
+            } else {
+                self.rx.try_recv().map_err(|e| match e {
+                    mpsc::TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    mpsc::TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                })
+            };
+            match msg {
+                Ok(SpoolMsg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(msg) => {
+                    self.handle(msg);
+                    // Drain what else is waiting so a burst becomes one batch.
+                    while let Ok(msg) = self.rx.try_recv() {
+                        if matches!(msg, SpoolMsg::Stop) {
+                            return;
+                        }
+                        self.handle(msg);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if now >= self.next_rescan {
+                self.rescan();
+            }
+            let due: Vec<String> = self
+                .deferred
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in due {
+                self.deferred.remove(&name);
+                self.push(name);
+            }
+            if self.journal_retry_at.is_some_and(|at| at <= now) {
+                self.journal_retry_at = None;
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: SpoolMsg) {
+        match msg {
+            SpoolMsg::Hint(name) => {
+                if !self.deferred.contains_key(&name) {
+                    self.push(name)
+                }
+            }
+            SpoolMsg::Rescan => self.rescan(),
+            SpoolMsg::Finished(names) => {
+                for name in names {
+                    self.finish(&name);
+                }
+            }
+            SpoolMsg::Stop => {}
+        }
+    }
+
+    fn next_timeout(&self) -> Duration {
+        let now = Instant::now();
+        let mut at = self.next_rescan;
+        if let Some(&d) = self.deferred.values().min() {
+            at = at.min(d);
+        }
+        if let Some(j) = self.journal_retry_at {
+            at = at.min(j);
+        }
+        at.saturating_duration_since(now)
+    }
+
+    fn push(&mut self, name: String) {
+        if self.queued.insert(name.clone()) {
+            self.queue.push_back(name);
+        }
+    }
+
+    /// Queues every candidate in the spool, oldest first.
+    fn rescan(&mut self) {
+        let cfg = self.config();
+        self.next_rescan = Instant::now() + cfg.spool.rescan_interval;
+        let entries = match fs::read_dir(&cfg.spool.dir) {
+            Ok(it) => it,
+            Err(e) => {
+                log::error!("spool: cannot list {}: {e}", cfg.spool.dir.display());
+                return;
+            }
+        };
+        let mut found: Vec<(SystemTime, String)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                if !is_candidate(&name) || self.deferred.contains_key(&name) {
+                    return None;
+                }
+                let mtime = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                Some((mtime, name))
+            })
+            .collect();
+        found.sort();
+        if !found.is_empty() {
+            log::debug!("spool: rescan found {} files", found.len());
+        }
+        for (_, name) in found {
+            self.push(name);
+        }
+    }
+
+    fn take_in_batch(&mut self) {
+        if self.journal_retry_at.is_some() || self.queue.is_empty() {
+            return;
+        }
+        let cfg = self.config();
+        let mut parsed: Vec<IngestFile> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        while parsed.len() < BATCH {
+            let Some(name) = self.queue.pop_front() else {
+                break;
+            };
+            self.queued.remove(&name);
+            match read_candidate(&cfg.spool, &name) {
+                Taken::Parsed(file) => {
+                    names.push(name);
+                    parsed.push(file);
+                }
+                Taken::Rejected(why) => reject(&cfg.spool, &name, &why),
+                Taken::Later(at) => {
+                    log::debug!("spool: {name} is still being written; looking again shortly");
+                    self.deferred.insert(name, at);
+                }
+                Taken::Gone => {}
+            }
+        }
+        if parsed.is_empty() {
+            return;
+        }
+        let subs: Vec<&crate::config::Subscription> = cfg.subscriptions.iter().collect();
+        let outcome = match self.journal.ingest(&parsed, &subs) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // Disk full or similar: the files stay in the spool untouched
+                // and are taken in once the journal can be written again.
+                log::error!(
+                    "spool: cannot journal {} files, leaving them in the spool: {e}",
+                    parsed.len()
+                );
+                for name in names.into_iter().rev() {
+                    self.queued.insert(name.clone());
+                    self.queue.push_front(name);
+                }
+                self.journal_retry_at = Some(Instant::now() + self.journal_backoff);
+                self.journal_backoff = (self.journal_backoff * 2).min(Duration::from_secs(30));
+                return;
+            }
+        };
+        self.journal_backoff = Duration::from_millis(500);
+        let inflight = inflight_dir(&cfg.spool);
+        for (file, name) in parsed.iter().zip(&names) {
+            let from = cfg.spool.dir.join(name);
+            let to = inflight.join(&file.inflight_name);
+            if let Err(e) = fs::rename(&from, &to) {
+                // Journaled already, so nothing is lost: the next scan finds
+                // the file again, and the journal recognises its CDRs.
+                log::error!("spool: {name}: cannot move into {INFLIGHT}: {e}");
+                continue;
+            }
+            log::info!(
+                "took in {name}: {} CDR(s) {}",
+                file.cdrs.len(),
+                file.cdrs
+                    .iter()
+                    .map(|c| format!("{} {}", c.event_type, c.call_id.as_deref().unwrap_or("-")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        if outcome.unmatched_cdrs > 0 {
+            log::info!(
+                "{} CDR(s) matched no active subscription; journaled for replay",
+                outcome.unmatched_cdrs
+            );
+        }
+        let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
+        for (sub, id) in outcome.new_deliveries {
+            by_sub.entry(sub).or_default().push((id, None));
+        }
+        for (sub, ids) in by_sub {
+            self.dispatcher.enqueue(&sub, ids);
+        }
+        for name in outcome.finished_files {
+            self.finish(&name);
+        }
+    }
+
+    /// An in-flight file whose deliveries have all ended leaves: deleted, or
+    /// moved to the archive under its original name.
+    fn finish(&mut self, inflight_name: &str) {
+        let cfg = self.config();
+        let path = inflight_dir(&cfg.spool).join(inflight_name);
+        let original = match self.journal.file(inflight_name) {
+            Ok(Some(rec)) => rec.name,
+            Ok(None) => original_name(inflight_name).to_string(),
+            Err(e) => {
+                log::error!("spool: {inflight_name}: {e}");
+                return;
+            }
+        };
+        let result = match cfg.spool.after_ingest {
+            AfterIngest::Delete => fs::remove_file(&path),
+            AfterIngest::Archive => fs::create_dir_all(&cfg.spool.archive_dir).and_then(|_| {
+                let to = free_name(&cfg.spool.archive_dir, &original);
+                move_file(&path, &to)
+            }),
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                log::error!("spool: {inflight_name}: cannot remove from {INFLIGHT}: {e}");
+                return;
+            }
+        }
+        if let Err(e) = self.journal.remove_file(inflight_name) {
+            log::error!("spool: {inflight_name}: {e}");
+        }
+        log::debug!("spool: {original} done");
+    }
+
+    /// At start-up: files in `.inflight/` that the journal does not know are
+    /// taken in again (the journal was lost or is older); known files whose
+    /// deliveries have all ended leave; records of files that are gone are
+    /// forgotten.
+    fn recover_inflight(&mut self) -> io::Result<()> {
+        let cfg = self.config();
+        let dir = inflight_dir(&cfg.spool);
+        let mut unknown = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
+            }
+            match self.journal.file(&name) {
+                Ok(Some(_)) => {
+                    if self.journal.file_finished(&name).unwrap_or(false) {
+                        self.finish(&name);
+                    }
+                }
+                Ok(None) => unknown.push(name),
+                Err(e) => log::error!("spool: {name}: {e}"),
+            }
+        }
+        for name in self.journal.file_names().unwrap_or_default() {
+            if !dir.join(&name).exists() {
+                let _ = self.journal.remove_file(&name);
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        log::warn!(
+            "spool: {} file(s) in {INFLIGHT} unknown to the journal; taking them in again",
+            unknown.len()
+        );
+        let mut files = Vec::new();
+        for name in unknown {
+            let bytes = read_limited(&dir.join(&name), cfg.spool.max_file_size)?;
+            match bytes.map(|b| parse_file(&b)) {
+                Ok(Ok(cdrs)) => files.push(IngestFile {
+                    original_name: original_name(&name).to_string(),
+                    inflight_name: name,
+                    cdrs,
+                }),
+                Ok(Err(why)) | Err(why) => {
+                    let orig = original_name(&name).to_string();
+                    if let Err(e) = move_file(&dir.join(&name), &cfg.spool.dir.join(&orig)) {
+                        log::error!("spool: {name}: {e}");
+                    } else {
+                        reject(&cfg.spool, &orig, &why);
+                    }
+                }
+            }
+        }
+        let subs: Vec<&crate::config::Subscription> = cfg.subscriptions.iter().collect();
+        for chunk in files.chunks(BATCH) {
+            let outcome = self
+                .journal
+                .ingest(chunk, &subs)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
+            for (sub, id) in outcome.new_deliveries {
+                by_sub.entry(sub).or_default().push((id, None));
+            }
+            for (sub, ids) in by_sub {
+                self.dispatcher.enqueue(&sub, ids);
+            }
+            for name in outcome.finished_files {
+                self.finish(&name);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `<16 hex of the file's SHA-256>-<original name>`: the same file always
+/// gets the same name (so a re-take after a crash is idempotent), and two
+/// files that reuse a name do not collide.
+fn inflight_name(original: &str, bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut name = String::with_capacity(17 + original.len());
+    for b in &digest[..8] {
+        name.push_str(&format!("{b:02x}"));
+    }
+    name.push('-');
+    // Keep within NAME_MAX with the prefix added.
+    let mut cut = original.len().min(200);
+    while !original.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    name.push_str(&original[original.len() - cut..]);
+    name
+}
+
+fn original_name(inflight_name: &str) -> &str {
+    match inflight_name.split_once('-') {
+        Some((hash, rest)) if hash.len() == 16 => rest,
+        _ => inflight_name,
+    }
+}
+
+/// Reads at most `max` bytes; a larger file is a rejection, not a read.
+fn read_limited(path: &Path, max: u64) -> io::Result<Result<Vec<u8>, Rejection>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(Err(Rejection::NotRegularFile(kind_of(&meta))));
+    }
+    if meta.len() > max {
+        return Ok(Err(Rejection::TooLarge {
+            size: meta.len(),
+            max,
+        }));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Ok(Err(Rejection::TooLarge {
+            size: bytes.len() as u64,
+            max,
+        }));
+    }
+    Ok(Ok(bytes))
+}
+
+fn kind_of(meta: &fs::Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+    .to_string()
+}
+
+fn read_candidate(spool: &SpoolConfig, name: &str) -> Taken {
+    let path = spool.dir.join(name);
+    // lstat: a symbolic link is judged as itself, never through its target.
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Taken::Gone,
+        Err(e) => {
+            log::warn!("spool: {name}: {e}");
+            return Taken::Later(Instant::now() + SETTLE);
+        }
+    };
+    if !meta.is_file() {
+        return Taken::Rejected(Rejection::NotRegularFile(kind_of(&meta)));
+    }
+    let fresh_until = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.checked_add(SETTLE))
+        .and_then(|until| until.duration_since(SystemTime::now()).ok())
+        .map(|left| Instant::now() + left);
+    let result = match read_limited(&path, spool.max_file_size) {
+        Ok(Ok(bytes)) => parse_file(&bytes).map(|cdrs| IngestFile {
+            inflight_name: inflight_name(name, &bytes),
+            original_name: name.to_string(),
+            cdrs,
+        }),
+        Ok(Err(why)) => Err(why),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Taken::Gone,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            Err(Rejection::NotRegularFile("a symbolic link".to_string()))
+        }
+        Err(e) => {
+            log::warn!("spool: {name}: cannot read: {e}");
+            return Taken::Later(Instant::now() + SETTLE);
+        }
+    };
+    match result {
+        Ok(file) => Taken::Parsed(file),
+        // A file modified moments ago may be a writer mid-way: look again.
+        Err(_) if fresh_until.is_some() => Taken::Later(fresh_until.unwrap_or_else(Instant::now)),
+        Err(why) => Taken::Rejected(why),
+    }
+}
+
+/// Moves a file that cannot be taken in to `rejected_dir`, with
+/// `NAME.reason` beside it. If even that fails, it stays in the spool.
+fn reject(spool: &SpoolConfig, name: &str, why: &Rejection) {
+    log::warn!("rejected {name}: {why}");
+    let result = fs::create_dir_all(&spool.rejected_dir).and_then(|_| {
+        let to = free_name(&spool.rejected_dir, name);
+        let reason_path = reason_path(&to);
+        let text = format!(
+            "file: {name}\nrejected: {}\nreason: {why}\n",
+            rfc3339(now_ms())
+        );
+        write_atomically(&reason_path, text.as_bytes())?;
+        move_file(&spool.dir.join(name), &to)
+    });
+    if let Err(e) = result {
+        log::error!(
+            "spool: {name}: cannot move to {}: {e}; it stays in the spool",
+            spool.rejected_dir.display()
+        );
+    }
+}
+
+fn reason_path(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".reason");
+    PathBuf::from(s)
+}
+
+/// `dir/name`, or `dir/name.1`, `.2`, … if taken: an archive or rejected
+/// directory never loses an earlier file that had the same name.
+fn free_name(dir: &Path, name: &str) -> PathBuf {
+    let first = dir.join(name);
+    if fs::symlink_metadata(&first).is_err() {
+        return first;
+    }
+    (1..)
+        .map(|n| dir.join(format!("{name}.{n}")))
+        .find(|p| fs::symlink_metadata(p).is_err() && fs::symlink_metadata(reason_path(p)).is_err())
+        .unwrap_or(first)
+}
+
+/// rename, or copy + fsync + remove across filesystems.
+fn move_file(from: &Path, to: &Path) -> io::Result<()> {
+    match fs::rename(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            let meta = fs::symlink_metadata(from)?;
+            if meta.is_file() {
+                let mut src = File::open(from)?;
+                let mut dst = File::create(to)?;
+                io::copy(&mut src, &mut dst)?;
+                dst.sync_all()?;
+            } else {
+                return Err(e);
+            }
+            fs::remove_file(from)
+        }
+        other => other,
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("reason")
+    ));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_visible_json_names_are_candidates() {
+        assert!(is_candidate("call.json"));
+        assert!(!is_candidate(".call.json"));
+        assert!(!is_candidate("call.json.tmp"));
+        assert!(!is_candidate("call.JSON"));
+        assert!(!is_candidate(".json"));
+    }
+
+    #[test]
+    fn inflight_names_are_stable_and_reversible() {
+        let a = inflight_name("x-1.json", b"{}");
+        assert_eq!(a, inflight_name("x-1.json", b"{}"));
+        assert_ne!(a, inflight_name("x-1.json", b"{ }"));
+        assert_eq!(original_name(&a), "x-1.json");
+    }
+
+    #[test]
+    fn free_name_never_overwrites() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = free_name(dir.path(), "a.json");
+        fs::write(&first, b"1").expect("write");
+        let second = free_name(dir.path(), "a.json");
+        assert_ne!(first, second);
+        assert!(second.to_string_lossy().ends_with("a.json.1"));
+    }
+
+    #[test]
+    fn read_limited_refuses_links_and_large_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let target = dir.path().join("t.json");
+        fs::write(&target, b"{\"QueueId\":1}").expect("write");
+        let link = dir.path().join("l.json");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let err = read_limited(&link, 100).expect_err("O_NOFOLLOW refuses a link");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
+        assert!(matches!(
+            read_limited(&target, 3).expect("io ok"),
+            Err(Rejection::TooLarge { .. })
+        ));
+    }
+}
