@@ -152,12 +152,13 @@ pub fn parse_file(bytes: &[u8]) -> Result<Vec<Cdr>, Rejection> {
             .collect()
     } else {
         // Validate the whole document first so that trailing garbage is an
-        // error, then keep the exact bytes: the receiver gets what was written.
+        // error, then keep the file's exact bytes (SPEC §4: the same bytes,
+        // less any BOM), trailing newline included.
         let raw: &RawValue = serde_json::from_str(text).map_err(json_error)?;
         let cdr = classify(raw.get(), None)?;
         Ok(vec![Cdr {
-            id: cdr_id(text.trim().as_bytes()),
-            body: text.trim().as_bytes().to_vec(),
+            id: cdr_id(bytes),
+            body: bytes.to_vec(),
             ..cdr
         }])
     }
@@ -329,10 +330,7 @@ mod tests {
     fn single_object_body_is_the_file_bytes() {
         let bytes = sample("queue-answered.json");
         let cdrs = parse_file(&bytes).expect("parses");
-        assert_eq!(
-            cdrs[0].body,
-            String::from_utf8_lossy(&bytes).trim().as_bytes()
-        );
+        assert_eq!(cdrs[0].body, bytes, "sent exactly as written");
         assert_eq!(
             cdrs[0].call_id.as_deref(),
             Some("6f1c2a9e-4b7d-4c1e-9a51-0d3e8b2f7a10")
@@ -367,7 +365,7 @@ mod tests {
     #[test]
     fn id_depends_on_content_only() {
         let a = parse_file(br#"{"QueueId":"q","CallId":"1"}"#).expect("a");
-        let b = parse_file(b"\n{\"QueueId\":\"q\",\"CallId\":\"1\"}\n").expect("b");
+        let b = parse_file(br#"{"QueueId":"q","CallId":"1"}"#).expect("b");
         let c = parse_file(br#"{"QueueId":"q","CallId":"2"}"#).expect("c");
         assert_eq!(a[0].id, b[0].id);
         assert_ne!(a[0].id, c[0].id);

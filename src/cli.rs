@@ -138,6 +138,13 @@ pub fn main() -> i32 {
             };
         }
     };
+    if !matches!(cli.command, Command::Run) {
+        // `cdrhook attempts | head` should end quietly, not panic on EPIPE.
+        // SAFETY: restores the default disposition of one signal.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let config_path = cli
         .config
         .clone()

@@ -778,8 +778,17 @@ impl Journal {
         for item in self.attempts.iter().rev() {
             let (_, v) = item.map_err(sled_err("scan attempts"))?;
             let a: Attempt = serde_json::from_slice(&v).map_err(corrupt("attempt"))?;
-            if f.since_ms.is_some_and(|t| a.time_ms < t) {
-                break;
+            // Attempts are keyed in the order they ended, not started: a
+            // slow one that started before `since` can come before quicker
+            // ones that started after it. Stop only at one that had ended
+            // before `since` (with a margin for journaling after the send).
+            if let Some(t) = f.since_ms {
+                if a.time_ms + a.duration_ms + 1_000 < t {
+                    break;
+                }
+                if a.time_ms < t {
+                    continue;
+                }
             }
             let keep = f.subscription.as_ref().is_none_or(|s| *s == a.subscription)
                 && (!f.failed || !a.succeeded())

@@ -163,12 +163,9 @@ impl Spool {
     /// it is ready, so that a permissions problem stops the start with a
     /// clear message.
     pub fn prepare(spool: &SpoolConfig) -> io::Result<()> {
-        if !spool.dir.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("spool.dir {} is not a directory", spool.dir.display()),
-            ));
-        }
+        fs::create_dir_all(&spool.dir).map_err(|e| {
+            io::Error::new(e.kind(), format!("spool.dir {}: {e}", spool.dir.display()))
+        })?;
         let inflight = inflight_dir(spool);
         fs::create_dir_all(&inflight)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", inflight.display())))?;
