@@ -24,6 +24,8 @@ struct Opts {
     rate: usize,
     steady_secs: u64,
     idle_secs: u64,
+    /// Only the drain with this many subscriptions (for profiling).
+    only: Option<usize>,
 }
 
 fn opts() -> Opts {
@@ -32,6 +34,7 @@ fn opts() -> Opts {
         rate: 200,
         steady_secs: 20,
         idle_secs: 60,
+        only: None,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -42,6 +45,7 @@ fn opts() -> Opts {
             "--rate" => o.rate = value().unwrap_or(o.rate as u64) as usize,
             "--steady-secs" => o.steady_secs = value().unwrap_or(o.steady_secs),
             "--idle-secs" => o.idle_secs = value().unwrap_or(o.idle_secs),
+            "--only" => o.only = value().map(|v| v as usize),
             _ => {
                 i += 1;
                 continue;
@@ -329,6 +333,13 @@ fn main() {
         .unwrap_or(0);
     eprintln!("cdrhook benchmark (unix time {date}), {} files", o.files);
 
+    if let Some(subs) = o.only {
+        let (_, rest) = drain(o.files, subs);
+        if let Some((child, _, _)) = rest {
+            stop(child);
+        }
+        return;
+    }
     let (three, rest3) = drain(o.files, 3);
     if let Some((child, _, _)) = rest3 {
         stop(child);

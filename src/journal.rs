@@ -204,6 +204,9 @@ pub struct SubCounts {
     pub last_success_ms: Option<u64>,
     pub last_failure_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// When `last_success_ms` was last written to the journal.
+    #[serde(skip)]
+    persisted_success_ms: Option<u64>,
 }
 
 impl SubCounts {
@@ -381,6 +384,8 @@ impl Journal {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = IngestOutcome::default();
         let now = now_ms();
+        let mut new_delivery_cdrs: std::collections::HashSet<String> =
+            std::collections::HashSet::new();
         for file in files {
             for cdr in &file.cdrs {
                 let existing = self.cdrs.get(&cdr.id).map_err(sled_err("read cdr"))?;
@@ -406,6 +411,8 @@ impl Journal {
                 }
                 if matched == 0 {
                     out.unmatched_cdrs += 1;
+                } else {
+                    new_delivery_cdrs.insert(cdr.id.clone());
                 }
                 let meta = CdrMeta {
                     id: cdr.id.clone(),
@@ -436,8 +443,16 @@ impl Journal {
                 .map_err(sled_err("write file"))?;
         }
         self.flush()?;
+        // Only a file none of whose CDRs got a new delivery can be finished
+        // already (all known and ended, or wanted by nobody).
+        let waiting: std::collections::HashSet<&str> = files
+            .iter()
+            .flat_map(|f| f.cdrs.iter().map(|c| c.id.as_str()))
+            .filter(|id| new_delivery_cdrs.contains(*id))
+            .collect();
         for file in files {
-            if self.file_finished(&file.inflight_name)? {
+            let any_new = file.cdrs.iter().any(|c| waiting.contains(c.id.as_str()));
+            if !any_new && self.file_finished(&file.inflight_name)? {
                 out.finished_files.push(file.inflight_name.clone());
             }
         }
@@ -642,7 +657,17 @@ impl Journal {
             let mut counts = self.lock_counts();
             let c = counts.entry(sub.to_string()).or_default();
             if attempt.succeeded() {
-                c.last_success_ms = Some(attempt.time_ms);
+                // A busy subscription succeeds thousands of times a second:
+                // persist the time at most once a second (status reads the
+                // in-memory value, so only a restart can see it a second old).
+                c.last_success_ms = c.last_success_ms.max(Some(attempt.time_ms));
+                let persisted_recently = c
+                    .persisted_success_ms
+                    .is_some_and(|t| attempt.time_ms.saturating_sub(t) < 1000);
+                if persisted_recently {
+                    return Ok(());
+                }
+                c.persisted_success_ms = Some(attempt.time_ms);
             } else {
                 c.last_failure_ms = Some(attempt.time_ms);
                 c.last_error = Some(match (&attempt.error, attempt.status) {

@@ -383,18 +383,11 @@ impl Spool {
     fn finish(&mut self, inflight_name: &str) {
         let cfg = self.config();
         let path = inflight_dir(&cfg.spool).join(inflight_name);
-        let original = match self.journal.file(inflight_name) {
-            Ok(Some(rec)) => rec.name,
-            Ok(None) => original_name(inflight_name).to_string(),
-            Err(e) => {
-                log::error!("spool: {inflight_name}: {e}");
-                return;
-            }
-        };
+        let original = original_name(inflight_name);
         let result = match cfg.spool.after_ingest {
             AfterIngest::Delete => fs::remove_file(&path),
             AfterIngest::Archive => fs::create_dir_all(&cfg.spool.archive_dir).and_then(|_| {
-                let to = free_name(&cfg.spool.archive_dir, &original);
+                let to = free_name(&cfg.spool.archive_dir, original);
                 move_file(&path, &to)
             }),
         };
