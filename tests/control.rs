@@ -958,8 +958,8 @@ fn replay_backfills_a_newly_added_subscription() {
     got.sort();
     let mut want: Vec<String> = [make_cdr(1), make_cdr(2), agent]
         .into_iter()
-        // The object as written: surrounding whitespace is not part of it.
-        .map(|b| String::from_utf8(b).expect("UTF-8").trim().to_string())
+        // Exactly the bytes as written (SPEC §4).
+        .map(|b| String::from_utf8(b).expect("UTF-8"))
         .collect();
     want.sort();
     assert_eq!(got, want, "exactly the journaled Queue and Agent CDRs");

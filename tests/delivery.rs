@@ -1,0 +1,331 @@
+//! Delivery (SPEC §4): retries, dead deliveries, Retry-After, redirects,
+//! 4xx, slow endpoints and the queue behind a failing endpoint.
+
+mod common;
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use support::*;
+
+fn two_subs(receiver: &Receiver, bad: &str) -> String {
+    [
+        subscription("bad", &receiver.url(bad), &["*"]),
+        subscription("good", &receiver.url("/good"), &["*"]),
+    ]
+    .concat()
+}
+
+#[test]
+fn a_500_endpoint_gets_every_scheduled_attempt_then_the_delivery_is_dead() {
+    let receiver = Receiver::start();
+    receiver.set("/bad", Behaviour::Status(500));
+    let dir = TestDir::new();
+    dir.write_config(
+        &two_subs(&receiver, "/bad"),
+        Some("timeout: 2s\nretry_schedule: [100ms, 200ms]"),
+    );
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("one.json", &make_cdr(1));
+
+    wait_counts(
+        &daemon,
+        &[("bad", [0, 0, 1, 0]), ("good", [0, 0, 0, 1])],
+        DEADLINE,
+    );
+    let attempts: Vec<u32> = receiver
+        .requests_for("/bad")
+        .iter()
+        .map(attempt_no)
+        .collect();
+    assert_eq!(
+        attempts,
+        [1, 2, 3],
+        "one first attempt and one per schedule step"
+    );
+    let ids: BTreeSet<String> = receiver.requests().iter().map(webhook_id).collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "the same webhook-id on every attempt and subscription"
+    );
+    assert_eq!(
+        receiver.count("/good"),
+        1,
+        "the healthy subscription got its copy once"
+    );
+    // The file leaves once every delivery ended, dead ones included.
+    wait_drained(&dir, DEADLINE);
+
+    // A dead delivery is not retried on its own: a second CDR runs its whole
+    // course meanwhile, and the first still has exactly 3 attempts.
+    dir.drop_file("two.json", &make_cdr(2));
+    wait_counts(
+        &daemon,
+        &[("bad", [0, 0, 2, 0]), ("good", [0, 0, 0, 2])],
+        DEADLINE,
+    );
+    assert_eq!(count_call(&receiver, "/bad", "call-1"), 3);
+    assert_eq!(count_call(&receiver, "/bad", "call-2"), 3);
+    assert_eq!(count_call(&receiver, "/good", "call-1"), 1);
+}
+
+/// 429 and 503 with a `Retry-After` far beyond the step: the next attempt
+/// waits longer than any jittered step (honoured), but no more than twice
+/// the step (bounded).
+#[test]
+fn retry_after_is_honoured_up_to_twice_the_step() {
+    let receiver = Receiver::start();
+    let asked = [("Retry-After", "30")];
+    for path in ["/r429", "/r503"] {
+        let status = if path == "/r429" { 429 } else { 503 };
+        receiver.set(
+            path,
+            Behaviour::Sequence(vec![
+                Behaviour::status_with_headers(status, &asked),
+                Behaviour::Status(200),
+            ]),
+        );
+    }
+    let dir = TestDir::new();
+    let subs = [
+        subscription("r429", &receiver.url("/r429"), &["*"]),
+        subscription("r503", &receiver.url("/r503"), &["*"]),
+    ]
+    .concat();
+    // Step 800ms: a plain retry comes after 640..960ms; Retry-After 30s is
+    // capped at 1.6s.
+    dir.write_config(&subs, Some("timeout: 2s\nretry_schedule: [800ms]"));
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("one.json", &make_cdr(1));
+    wait_delivered(&daemon, &[("r429", 1), ("r503", 1)], DEADLINE);
+    for path in ["/r429", "/r503"] {
+        let got = receiver.requests_for(path);
+        assert_eq!(got.len(), 2, "{path}");
+        assert_eq!(attempt_no(&got[1]), 2);
+        let gap = got[1].received - got[0].received;
+        assert!(
+            gap >= Duration::from_millis(1400),
+            "{path}: Retry-After must be honoured beyond the 800ms step (±20%), waited {gap:?}"
+        );
+        assert!(
+            gap < Duration::from_secs(10),
+            "{path}: Retry-After is bounded by twice the step (1.6s), waited {gap:?}"
+        );
+    }
+}
+
+#[test]
+fn a_redirect_is_not_followed_and_counts_as_a_failed_attempt() {
+    let receiver = Receiver::start();
+    receiver.set("/moved", Behaviour::Redirect(receiver.url("/target")));
+    let dir = TestDir::new();
+    dir.write_config(
+        &two_subs(&receiver, "/moved"),
+        Some("timeout: 2s\nretry_schedule: [100ms, 100ms]"),
+    );
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("one.json", &make_cdr(1));
+    wait_counts(
+        &daemon,
+        &[("bad", [0, 0, 1, 0]), ("good", [0, 0, 0, 1])],
+        DEADLINE,
+    );
+    let attempts: Vec<u32> = receiver
+        .requests_for("/moved")
+        .iter()
+        .map(attempt_no)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert_eq!(
+        receiver.count("/target"),
+        0,
+        "the Location was never requested"
+    );
+    let failed = daemon.cli_json(&["attempts", "--subscription", "bad"]);
+    let failed = failed.as_array().expect("a list of attempts");
+    assert_eq!(failed.len(), 3);
+    for a in failed {
+        assert_eq!(a["status"], 302, "{a:#}");
+        assert!(!a["error"].is_null(), "a redirect is a failure: {a:#}");
+    }
+}
+
+#[test]
+fn a_4xx_answer_retries_that_delivery() {
+    let receiver = Receiver::start();
+    receiver.set(
+        "/picky",
+        Behaviour::Sequence(vec![
+            Behaviour::Status(422),
+            Behaviour::Status(404),
+            Behaviour::Status(200),
+        ]),
+    );
+    let dir = TestDir::new();
+    dir.write_config(
+        &two_subs(&receiver, "/picky"),
+        Some("timeout: 2s\nretry_schedule: [100ms, 100ms, 100ms]"),
+    );
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("one.json", &make_cdr(1));
+    wait_counts(
+        &daemon,
+        &[("bad", [0, 0, 0, 1]), ("good", [0, 0, 0, 1])],
+        DEADLINE,
+    );
+    let got = receiver.requests_for("/picky");
+    let attempts: Vec<u32> = got.iter().map(attempt_no).collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    assert!(got.iter().all(|r| r.body == make_cdr(1)));
+}
+
+#[test]
+fn a_hanging_endpoint_never_holds_back_another_subscription() {
+    let receiver = Receiver::start();
+    receiver.set("/slow", Behaviour::Hang);
+    let dir = TestDir::new();
+    let subs = [
+        subscription("slow", &receiver.url("/slow"), &["*"]),
+        subscription("fast", &receiver.url("/fast"), &["*"]),
+    ]
+    .concat();
+    // The timeout is long so that "fast got everything before any of slow's
+    // attempts ended" is a matter of order, not of the machine's speed.
+    dir.write_config(
+        &subs,
+        Some("timeout: 8s\nconcurrency: 4\nretry_schedule: [100ms, 100ms]"),
+    );
+    let mut daemon = Daemon::start(&dir);
+    for i in 0..20 {
+        dir.drop_file(&format!("f{i:02}.json"), &make_cdr(i));
+    }
+    receiver.wait_for_requests("/fast", 20, DEADLINE);
+    receiver.wait_for_requests("/slow", 4, DEADLINE);
+    let c = counts(&daemon);
+    assert_eq!(c["fast"], [0, 0, 0, 20], "{c:?}");
+    // No attempt of slow has ended yet (each would end only at the 8s
+    // timeout): all 20 of its deliveries are still open and none failed.
+    assert_eq!(c["slow"], [20, 0, 0, 0], "{c:?}");
+    assert_eq!(
+        receiver.count("/slow"),
+        4,
+        "slow holds exactly its own 4 slots"
+    );
+    let fast: BTreeSet<String> = receiver.requests_for("/fast").iter().map(call_id).collect();
+    assert_eq!(fast.len(), 20);
+    daemon.kill9();
+}
+
+#[test]
+fn new_deliveries_queue_behind_a_failing_endpoints_retry() {
+    let receiver = Receiver::start();
+    receiver.set("/flaky", Behaviour::Status(503));
+    let dir = TestDir::new();
+    dir.write_config(
+        &subscription("flaky", &receiver.url("/flaky"), &["*"]),
+        Some("timeout: 2s\nconcurrency: 4\nretry_schedule: [2s, 2s, 2s, 2s]"),
+    );
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("first.json", &make_cdr(0));
+    receiver.wait_for_requests("/flaky", 1, DEADLINE);
+    wait_counts(&daemon, &[("flaky", [0, 1, 0, 0])], DEADLINE);
+
+    for i in 1..=5 {
+        dir.drop_file(&format!("next{i}.json"), &make_cdr(i));
+    }
+    // All five are taken in and wait.
+    wait_counts(&daemon, &[("flaky", [5, 1, 0, 0])], DEADLINE);
+    // The retry of the first comes before any of the five.
+    let got = receiver.wait_for_requests("/flaky", 2, DEADLINE);
+    let first: Vec<(String, u32)> = got.iter().map(|r| (call_id(r), attempt_no(r))).collect();
+    assert_eq!(
+        first[..2],
+        [("call-0".to_string(), 1), ("call-0".to_string(), 2)],
+        "none of the queued deliveries reached the endpoint before the retry"
+    );
+
+    receiver.set("/flaky", Behaviour::Status(200));
+    wait_delivered(&daemon, &[("flaky", 6)], DEADLINE);
+    let got = receiver.requests_for("/flaky");
+    let calls: Vec<(String, u32)> = got.iter().map(|r| (call_id(r), attempt_no(r))).collect();
+    // Nothing but retries of call-0 until it succeeded; then each of the
+    // five exactly once, at its first attempt.
+    let success = calls
+        .iter()
+        .position(|(c, _)| c != "call-0")
+        .expect("the five arrived");
+    assert_eq!(success, 3, "two failures, then the success: {calls:?}");
+    assert!(
+        calls[..success].iter().all(|(c, _)| c == "call-0"),
+        "{calls:?}"
+    );
+    let rest: BTreeSet<(String, u32)> = calls[success..].iter().cloned().collect();
+    let want: BTreeSet<(String, u32)> = (1..=5).map(|i| (format!("call-{i}"), 1)).collect();
+    assert_eq!(rest, want, "{calls:?}");
+    assert_eq!(calls.len(), success + 5, "{calls:?}");
+}
+
+#[test]
+fn a_4xx_does_not_hold_back_the_other_deliveries() {
+    let receiver = Receiver::start();
+    receiver.set(
+        "/picky",
+        Behaviour::Sequence(vec![Behaviour::Status(422), Behaviour::Status(200)]),
+    );
+    let dir = TestDir::new();
+    dir.write_config(
+        &subscription("picky", &receiver.url("/picky"), &["*"]),
+        Some("timeout: 2s\nretry_schedule: [3s, 3s]"),
+    );
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("refused.json", &make_cdr(0));
+    wait_counts(&daemon, &[("picky", [0, 1, 0, 0])], DEADLINE);
+    for i in 1..=3 {
+        dir.drop_file(&format!("next{i}.json"), &make_cdr(i));
+    }
+    // The other three go out at once, before the refused one's retry.
+    wait_counts(&daemon, &[("picky", [0, 1, 0, 3])], DEADLINE);
+    assert_eq!(count_call(&receiver, "/picky", "call-0"), 1);
+    wait_delivered(&daemon, &[("picky", 4)], DEADLINE);
+    let calls: Vec<(String, u32)> = receiver
+        .requests_for("/picky")
+        .iter()
+        .map(|r| (call_id(r), attempt_no(r)))
+        .collect();
+    assert_eq!(calls.first(), Some(&("call-0".to_string(), 1)));
+    assert_eq!(calls.last(), Some(&("call-0".to_string(), 2)), "{calls:?}");
+    assert_eq!(calls.len(), 5, "{calls:?}");
+}
+
+#[test]
+fn an_answer_slower_than_the_timeout_is_a_failed_attempt() {
+    let receiver = Receiver::start();
+    receiver.set("/slow", Behaviour::Sleep(Duration::from_secs(30)));
+    let dir = TestDir::new();
+    dir.write_config(
+        &two_subs(&receiver, "/slow"),
+        Some("timeout: 1s\nretry_schedule: [100ms]"),
+    );
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("one.json", &make_cdr(1));
+    // Both attempts end by the timeout, long before the 30s answer.
+    wait_counts(
+        &daemon,
+        &[("bad", [0, 0, 1, 0]), ("good", [0, 0, 0, 1])],
+        DEADLINE,
+    );
+    assert_eq!(receiver.count("/slow"), 2);
+    let attempts = daemon.cli_json(&["attempts", "--subscription", "bad"]);
+    let attempts = attempts.as_array().expect("a list of attempts");
+    assert_eq!(attempts.len(), 2);
+    for a in attempts {
+        assert!(a["status"].is_null(), "no answer within the timeout: {a:#}");
+        let error = a["error"].as_str().unwrap_or_default();
+        assert!(error.contains("timeout"), "{a:#}");
+        let ms = a["duration_ms"].as_u64().expect("duration_ms");
+        assert!((900..5000).contains(&ms), "{a:#}");
+    }
+}
