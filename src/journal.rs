@@ -1,26 +1,29 @@
 //! The journal: everything cdrhook knows, in one sled database. CDRs with
-//! their bytes, deliveries with their state, every attempt, and the spool
-//! files still in flight. It is the only module that touches sled.
+//! their bytes, deliveries with their state, and every attempt. It is the
+//! only module that touches sled.
 //!
-//! Trees (keys are big-endian so that sled's order is time order):
-//! - `cdrs`: cdr id → `CdrMeta` JSON, `\n`, the body bytes
-//! - `cdr_time`: received ms ++ cdr id → () (replay, retention)
-//! - `deliveries`: delivery id → `Delivery` JSON
-//! - `by_cdr`: cdr id ++ 0 ++ subscription → delivery id (one delivery per pair)
-//! - `open`: delivery id → () for pending and retrying deliveries (start-up)
-//! - `dead`: delivery id → () (resend --failed)
-//! - `attempts`: attempt id → `Attempt` JSON (ids grow, so newest is last)
-//! - `attempts_by_delivery`: delivery id ++ attempt id → ()
-//! - `files`: in-flight file name → `FileRec` JSON
-//! - `sub_last`: subscription → last success and failure
+//! Trees (numeric keys are big-endian, so sled's order is id order, and ids
+//! grow with time):
+//! - `cdrs`: CDR sequence number → `CdrMeta` JSON, `\n`, the body bytes.
+//!   The meta lists the CDR's deliveries and the in-flight files it came in.
+//! - `cdr_ids`: content id (`cdr_…`, the `webhook-id`) → sequence number,
+//!   which is how a CDR taken in twice is recognised.
+//! - `deliveries`: delivery id → `Delivery` JSON, with its attempt ids.
+//! - `attempts`: attempt id → `Attempt` JSON.
+//! - `sub_last`: subscription → last success and failure.
+//!
+//! There are deliberately no other indexes: a sled insert costs several
+//! microseconds, and every one on the per-CDR path limits throughput. What
+//! needs a listing (start-up, `resend --failed`) scans `deliveries`.
 //!
 //! Durability: `ingest` flushes before it returns, and the spool moves a
 //! file only after that. Attempts and state changes are not flushed one by
 //! one: after a crash an attempt may be repeated, never lost (at least once).
-//! Writes go deliveries-first and CDR-last, so a CDR present in the journal
-//! always has its deliveries (sled recovers a prefix of its log).
+//! Within a batch, deliveries are written before their CDR and the CDR
+//! before its content id, so a CDR that is recognised as known always has
+//! its record and its deliveries (sled recovers a prefix of its log).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -32,6 +35,7 @@ use crate::time::now_ms;
 
 pub type DeliveryId = u64;
 pub type AttemptId = u64;
+pub type CdrSeq = u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -101,14 +105,24 @@ impl Trigger {
     }
 }
 
+/// An in-flight file a CDR came in, with every CDR of that file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub name: String,
+    pub cdrs: Vec<CdrSeq>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CdrMeta {
+    /// The content id: `webhook-id`.
     pub id: String,
+    pub seq: CdrSeq,
     pub event_type: String,
     pub call_id: Option<String>,
     pub received_ms: u64,
-    /// In-flight files that hold this CDR (normally one).
-    pub files: Vec<String>,
+    /// (subscription, delivery) pairs: one delivery per pair, ever.
+    pub deliveries: Vec<(String, DeliveryId)>,
+    pub files: Vec<FileRef>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +134,9 @@ pub struct StoredCdr {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
     pub id: DeliveryId,
+    /// The CDR's content id (`webhook-id`).
     pub cdr_id: String,
+    pub cdr_seq: CdrSeq,
     pub subscription: String,
     pub event_type: String,
     pub call_id: Option<String>,
@@ -128,7 +144,6 @@ pub struct Delivery {
     /// Attempts made so far, of every trigger: the next one is `attempts + 1`.
     pub attempts: u32,
     /// Automatic attempts that failed: the position in the retry schedule.
-    #[serde(default)]
     pub failures: u32,
     pub next_at_ms: Option<u64>,
     pub created_ms: u64,
@@ -137,6 +152,7 @@ pub struct Delivery {
     pub origin: Trigger,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    pub attempt_ids: Vec<AttemptId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,19 +181,10 @@ impl Attempt {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileRec {
-    /// The name it had in the spool.
-    pub name: String,
-    pub cdr_ids: Vec<String>,
-    pub taken_ms: u64,
-}
-
 /// A parsed spool file, ready to be journaled.
 #[derive(Debug, Clone)]
 pub struct IngestFile {
     pub inflight_name: String,
-    pub original_name: String,
     pub cdrs: Vec<Cdr>,
 }
 
@@ -185,13 +192,22 @@ pub struct IngestFile {
 pub struct IngestOutcome {
     /// (subscription, delivery) for every delivery created.
     pub new_deliveries: Vec<(String, DeliveryId)>,
-    /// Files all of whose CDRs were already journaled and finished: they can
-    /// leave the in-flight directory at once.
+    /// Files all of whose CDRs were already journaled and finished, or
+    /// wanted by nobody: they can leave the in-flight directory at once.
     pub finished_files: Vec<String>,
     pub new_cdrs: usize,
     pub known_cdrs: usize,
     /// New CDRs that no active subscription wants.
     pub unmatched_cdrs: usize,
+}
+
+/// An open delivery as start-up needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenDelivery {
+    pub id: DeliveryId,
+    pub subscription: String,
+    /// `Some` for a retrying delivery: when its retry is due.
+    pub retry_at_ms: Option<u64>,
 }
 
 /// Per-subscription counts for `status`.
@@ -245,36 +261,19 @@ pub struct PruneStats {
 pub struct Journal {
     db: sled::Db,
     cdrs: sled::Tree,
-    cdr_time: sled::Tree,
+    cdr_ids: sled::Tree,
     deliveries: sled::Tree,
-    by_cdr: sled::Tree,
-    open: sled::Tree,
-    dead: sled::Tree,
     attempts: sled::Tree,
-    attempts_by_delivery: sled::Tree,
-    files: sled::Tree,
     sub_last: sled::Tree,
     counts: Mutex<BTreeMap<String, SubCounts>>,
-    /// Serialises read-modify-write of one delivery's record and the counts.
+    /// Open deliveries found at start-up, until the daemon takes them.
+    open_at_start: Mutex<Vec<OpenDelivery>>,
+    /// Serialises read-modify-write of records and the counts.
     write_lock: Mutex<()>,
 }
 
 fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
-}
-
-fn by_cdr_key(cdr_id: &str, sub: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(cdr_id.len() + 1 + sub.len());
-    k.extend_from_slice(cdr_id.as_bytes());
-    k.push(0);
-    k.extend_from_slice(sub.as_bytes());
-    k
-}
-
-fn by_cdr_prefix(cdr_id: &str) -> Vec<u8> {
-    let mut k = cdr_id.as_bytes().to_vec();
-    k.push(0);
-    k
 }
 
 fn id_from(bytes: &[u8]) -> u64 {
@@ -291,14 +290,24 @@ fn encode_cdr(meta: &CdrMeta, body: &[u8]) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-fn decode_cdr(bytes: &[u8]) -> Result<StoredCdr> {
+fn split_cdr(bytes: &[u8]) -> (&[u8], &[u8]) {
     let split = bytes
         .iter()
         .position(|&b| b == b'\n')
         .unwrap_or(bytes.len());
-    let meta: CdrMeta = serde_json::from_slice(&bytes[..split]).map_err(corrupt("cdr"))?;
-    let body = bytes.get(split + 1..).unwrap_or_default().to_vec();
-    Ok(StoredCdr { meta, body })
+    (&bytes[..split], bytes.get(split + 1..).unwrap_or_default())
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<CdrMeta> {
+    serde_json::from_slice(split_cdr(bytes).0).map_err(corrupt("cdr"))
+}
+
+fn decode_cdr(bytes: &[u8]) -> Result<StoredCdr> {
+    let (meta, body) = split_cdr(bytes);
+    Ok(StoredCdr {
+        meta: serde_json::from_slice(meta).map_err(corrupt("cdr"))?,
+        body: body.to_vec(),
+    })
 }
 
 impl Journal {
@@ -314,20 +323,16 @@ impl Journal {
         let tree = |name: &'static str| db.open_tree(name).map_err(sled_err("open tree"));
         let journal = Journal {
             cdrs: tree("cdrs")?,
-            cdr_time: tree("cdr_time")?,
+            cdr_ids: tree("cdr_ids")?,
             deliveries: tree("deliveries")?,
-            by_cdr: tree("by_cdr")?,
-            open: tree("open")?,
-            dead: tree("dead")?,
             attempts: tree("attempts")?,
-            attempts_by_delivery: tree("attempts_by_delivery")?,
-            files: tree("files")?,
             sub_last: tree("sub_last")?,
             db,
             counts: Mutex::new(BTreeMap::new()),
+            open_at_start: Mutex::new(Vec::new()),
             write_lock: Mutex::new(()),
         };
-        journal.recount()?;
+        journal.scan()?;
         Ok(journal)
     }
 
@@ -349,15 +354,48 @@ impl Journal {
         self.counts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn recount(&self) -> Result<()> {
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.write_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One pass over the deliveries at open: the counts for `status` and
+    /// the open deliveries the workers resume. Deliveries whose CDR never
+    /// made it to disk (a crash in the middle of an unflushed batch; the
+    /// file is still in the spool and will be taken in again) are dropped.
+    fn scan(&self) -> Result<()> {
         let mut counts: BTreeMap<String, SubCounts> = BTreeMap::new();
+        let mut open = Vec::new();
+        let mut orphans = Vec::new();
         for item in self.deliveries.iter() {
-            let (_, v) = item.map_err(sled_err("scan deliveries"))?;
+            let (k, v) = item.map_err(sled_err("scan deliveries"))?;
             let d: Delivery = serde_json::from_slice(&v).map_err(corrupt("delivery"))?;
+            if d.state.is_open() {
+                if !self
+                    .cdrs
+                    .contains_key(be(d.cdr_seq))
+                    .map_err(sled_err("read cdr"))?
+                {
+                    orphans.push(k);
+                    continue;
+                }
+                open.push(OpenDelivery {
+                    id: d.id,
+                    subscription: d.subscription.clone(),
+                    retry_at_ms: match d.state {
+                        State::Retrying => Some(d.next_at_ms.unwrap_or(0)),
+                        _ => None,
+                    },
+                });
+            }
             counts
                 .entry(d.subscription.clone())
                 .or_default()
                 .adjust(d.state, true);
+        }
+        for k in orphans {
+            self.deliveries
+                .remove(k)
+                .map_err(sled_err("remove orphan"))?;
         }
         for item in self.sub_last.iter() {
             let (k, v) = item.map_err(sled_err("scan sub_last"))?;
@@ -370,7 +408,14 @@ impl Journal {
             c.last_error = last.last_error;
         }
         *self.lock_counts() = counts;
+        *self.open_at_start.lock().unwrap_or_else(|p| p.into_inner()) = open;
         Ok(())
+    }
+
+    /// Pending and retrying deliveries found at open, oldest first. Hands
+    /// them over once.
+    pub fn take_open_deliveries(&self) -> Vec<OpenDelivery> {
+        std::mem::take(&mut *self.open_at_start.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Counts per subscription name (including subscriptions no longer in
@@ -381,90 +426,106 @@ impl Journal {
 
     /// Journals a batch of parsed files and flushes once for all of them.
     pub fn ingest(&self, files: &[IngestFile], subs: &[&Subscription]) -> Result<IngestOutcome> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock_writes();
         let mut out = IngestOutcome::default();
         let now = now_ms();
-        let mut new_delivery_cdrs: std::collections::HashSet<String> =
-            std::collections::HashSet::new();
+        // Files with a CDR that got a new delivery cannot be finished yet.
+        let mut waiting_files: HashSet<&str> = HashSet::new();
         for file in files {
+            // Sequence numbers first: each CDR records its file's siblings.
+            let mut seqs = Vec::with_capacity(file.cdrs.len());
+            let mut known = Vec::with_capacity(file.cdrs.len());
             for cdr in &file.cdrs {
-                let existing = self.cdrs.get(&cdr.id).map_err(sled_err("read cdr"))?;
-                // Known CDRs (also one repeated earlier in this batch) get no
-                // new deliveries: a CDR taken in twice is sent once.
-                if let Some(bytes) = existing {
-                    out.known_cdrs += 1;
-                    let mut stored = decode_cdr(&bytes)?;
-                    if !stored.meta.files.contains(&file.inflight_name) {
-                        stored.meta.files.push(file.inflight_name.clone());
-                        self.cdrs
-                            .insert(cdr.id.as_bytes(), encode_cdr(&stored.meta, &stored.body)?)
-                            .map_err(sled_err("write cdr"))?;
+                match self.cdr_ids.get(&cdr.id).map_err(sled_err("read cdr id"))? {
+                    Some(seq) => {
+                        seqs.push(id_from(&seq));
+                        known.push(true);
                     }
+                    None => {
+                        seqs.push(self.next_id()?);
+                        known.push(false);
+                    }
+                }
+            }
+            let file_ref = FileRef {
+                name: file.inflight_name.clone(),
+                cdrs: seqs.clone(),
+            };
+            for ((cdr, &seq), &is_known) in file.cdrs.iter().zip(&seqs).zip(&known) {
+                if is_known {
+                    // A CDR taken in twice is journaled once and sent once;
+                    // it only learns that this file holds it too.
+                    out.known_cdrs += 1;
+                    self.add_file_ref(seq, &file_ref)?;
                     continue;
                 }
                 out.new_cdrs += 1;
-                let mut matched = 0;
-                for sub in subs.iter().filter(|s| s.active && s.wants(cdr.event_type)) {
-                    let d = self.create_delivery(cdr, &sub.name, Trigger::Auto, now)?;
-                    out.new_deliveries.push((sub.name.clone(), d.id));
-                    matched += 1;
-                }
-                if matched == 0 {
-                    out.unmatched_cdrs += 1;
-                } else {
-                    new_delivery_cdrs.insert(cdr.id.clone());
-                }
-                let meta = CdrMeta {
+                let mut meta = CdrMeta {
                     id: cdr.id.clone(),
+                    seq,
                     event_type: cdr.event_type.as_str().to_string(),
                     call_id: cdr.call_id.clone(),
                     received_ms: now,
-                    files: vec![file.inflight_name.clone()],
+                    deliveries: Vec::new(),
+                    files: vec![file_ref.clone()],
                 };
-                let mut tkey = be(now).to_vec();
-                tkey.extend_from_slice(cdr.id.as_bytes());
-                self.cdr_time
-                    .insert(tkey, &[])
-                    .map_err(sled_err("write cdr index"))?;
+                for sub in subs.iter().filter(|s| s.active && s.wants(cdr.event_type)) {
+                    let d = self.create_delivery(&meta, &sub.name, Trigger::Auto, now)?;
+                    meta.deliveries.push((sub.name.clone(), d.id));
+                    out.new_deliveries.push((sub.name.clone(), d.id));
+                }
+                if meta.deliveries.is_empty() {
+                    out.unmatched_cdrs += 1;
+                } else {
+                    waiting_files.insert(&file.inflight_name);
+                }
                 self.cdrs
-                    .insert(cdr.id.as_bytes(), encode_cdr(&meta, &cdr.body)?)
+                    .insert(be(seq), encode_cdr(&meta, &cdr.body)?)
                     .map_err(sled_err("write cdr"))?;
+                self.cdr_ids
+                    .insert(cdr.id.as_bytes(), &be(seq))
+                    .map_err(sled_err("write cdr id"))?;
             }
-            let rec = FileRec {
-                name: file.original_name.clone(),
-                cdr_ids: file.cdrs.iter().map(|c| c.id.clone()).collect(),
-                taken_ms: now,
-            };
-            self.files
-                .insert(
-                    file.inflight_name.as_bytes(),
-                    serde_json::to_vec(&rec).map_err(corrupt("encode file"))?,
-                )
-                .map_err(sled_err("write file"))?;
         }
         self.flush()?;
-        // Only a file none of whose CDRs got a new delivery can be finished
-        // already (all known and ended, or wanted by nobody).
-        let waiting: std::collections::HashSet<&str> = files
-            .iter()
-            .flat_map(|f| f.cdrs.iter().map(|c| c.id.as_str()))
-            .filter(|id| new_delivery_cdrs.contains(*id))
-            .collect();
         for file in files {
-            let any_new = file.cdrs.iter().any(|c| waiting.contains(c.id.as_str()));
-            if !any_new && self.file_finished(&file.inflight_name)? {
+            if !waiting_files.contains(file.inflight_name.as_str())
+                && self.cdrs_finished_by_ids(&file.cdrs)?
+            {
                 out.finished_files.push(file.inflight_name.clone());
             }
         }
         Ok(out)
     }
 
-    fn create_delivery(&self, cdr: &Cdr, sub: &str, origin: Trigger, now: u64) -> Result<Delivery> {
+    fn add_file_ref(&self, seq: CdrSeq, file: &FileRef) -> Result<()> {
+        let Some(bytes) = self.cdrs.get(be(seq)).map_err(sled_err("read cdr"))? else {
+            return Ok(());
+        };
+        let mut stored = decode_cdr(&bytes)?;
+        if stored.meta.files.iter().any(|f| f.name == file.name) {
+            return Ok(());
+        }
+        stored.meta.files.push(file.clone());
+        self.cdrs
+            .insert(be(seq), encode_cdr(&stored.meta, &stored.body)?)
+            .map_err(sled_err("write cdr"))?;
+        Ok(())
+    }
+
+    fn create_delivery(
+        &self,
+        cdr: &CdrMeta,
+        sub: &str,
+        origin: Trigger,
+        now: u64,
+    ) -> Result<Delivery> {
         let d = Delivery {
             id: self.next_id()?,
             cdr_id: cdr.id.clone(),
+            cdr_seq: cdr.seq,
             subscription: sub.to_string(),
-            event_type: cdr.event_type.as_str().to_string(),
+            event_type: cdr.event_type.clone(),
             call_id: cdr.call_id.clone(),
             state: State::Pending,
             attempts: 0,
@@ -475,34 +536,21 @@ impl Journal {
             origin,
             last_status: None,
             last_error: None,
+            attempt_ids: Vec::new(),
         };
-        self.by_cdr
-            .insert(by_cdr_key(&cdr.id, sub), &be(d.id))
-            .map_err(sled_err("write delivery index"))?;
         self.write_delivery(None, &d)?;
         Ok(d)
     }
 
-    /// Writes a delivery and keeps the indexes and counts in step with its
-    /// state. Callers hold `write_lock`.
+    /// Writes a delivery and keeps the counts in step with its state.
+    /// Callers hold `write_lock`.
     fn write_delivery(&self, old: Option<&Delivery>, new: &Delivery) -> Result<()> {
-        let key = be(new.id);
         self.deliveries
             .insert(
-                key,
+                be(new.id),
                 serde_json::to_vec(new).map_err(corrupt("encode delivery"))?,
             )
             .map_err(sled_err("write delivery"))?;
-        if new.state.is_open() {
-            self.open.insert(key, &[]).map_err(sled_err("write open"))?;
-        } else {
-            self.open.remove(key).map_err(sled_err("write open"))?;
-        }
-        if new.state == State::Dead {
-            self.dead.insert(key, &[]).map_err(sled_err("write dead"))?;
-        } else if old.map(|o| o.state) == Some(State::Dead) {
-            self.dead.remove(key).map_err(sled_err("write dead"))?;
-        }
         let mut counts = self.lock_counts();
         let c = counts.entry(new.subscription.clone()).or_default();
         if let Some(old) = old {
@@ -512,32 +560,78 @@ impl Journal {
         Ok(())
     }
 
+    /// A CDR by its content id (`webhook-id`).
     pub fn cdr(&self, id: &str) -> Result<Option<StoredCdr>> {
-        match self.cdrs.get(id).map_err(sled_err("read cdr"))? {
+        match self.cdr_ids.get(id).map_err(sled_err("read cdr id"))? {
+            Some(seq) => self.cdr_by_seq(id_from(&seq)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn cdr_by_seq(&self, seq: CdrSeq) -> Result<Option<StoredCdr>> {
+        match self.cdrs.get(be(seq)).map_err(sled_err("read cdr"))? {
             Some(bytes) => Ok(Some(decode_cdr(&bytes)?)),
             None => Ok(None),
         }
     }
 
+    fn meta_by_seq(&self, seq: CdrSeq) -> Result<Option<CdrMeta>> {
+        match self.cdrs.get(be(seq)).map_err(sled_err("read cdr"))? {
+            Some(bytes) => Ok(Some(decode_meta(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether every CDR with these content ids is journaled and has no
+    /// open delivery. Used at start-up for files in `.inflight/`.
+    pub fn cdrs_finished_by_ids(&self, cdrs: &[Cdr]) -> Result<bool> {
+        for cdr in cdrs {
+            let Some(seq) = self.cdr_ids.get(&cdr.id).map_err(sled_err("read cdr id"))? else {
+                return Ok(false);
+            };
+            if !self.cdr_finished(id_from(&seq))? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Whether every CDR with these content ids is journaled.
+    pub fn knows_all(&self, cdrs: &[Cdr]) -> Result<bool> {
+        for cdr in cdrs {
+            if !self
+                .cdr_ids
+                .contains_key(&cdr.id)
+                .map_err(sled_err("read cdr id"))?
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Journals a CDR that did not come from the spool (the test webhook).
-    pub fn put_cdr(&self, cdr: &Cdr) -> Result<()> {
-        let now = now_ms();
+    pub fn put_cdr(&self, cdr: &Cdr) -> Result<CdrMeta> {
+        let _guard = self.lock_writes();
+        if let Some(stored) = self.cdr(&cdr.id)? {
+            return Ok(stored.meta);
+        }
         let meta = CdrMeta {
             id: cdr.id.clone(),
+            seq: self.next_id()?,
             event_type: cdr.event_type.as_str().to_string(),
             call_id: cdr.call_id.clone(),
-            received_ms: now,
+            received_ms: now_ms(),
+            deliveries: Vec::new(),
             files: Vec::new(),
         };
-        let mut tkey = be(now).to_vec();
-        tkey.extend_from_slice(cdr.id.as_bytes());
-        self.cdr_time
-            .insert(tkey, &[])
-            .map_err(sled_err("write cdr index"))?;
         self.cdrs
-            .insert(cdr.id.as_bytes(), encode_cdr(&meta, &cdr.body)?)
+            .insert(be(meta.seq), encode_cdr(&meta, &cdr.body)?)
             .map_err(sled_err("write cdr"))?;
-        Ok(())
+        self.cdr_ids
+            .insert(cdr.id.as_bytes(), &be(meta.seq))
+            .map_err(sled_err("write cdr id"))?;
+        Ok(meta)
     }
 
     pub fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
@@ -553,67 +647,56 @@ impl Journal {
         }
     }
 
-    pub fn delivery_for(&self, cdr_id: &str, sub: &str) -> Result<Option<Delivery>> {
-        match self
-            .by_cdr
-            .get(by_cdr_key(cdr_id, sub))
-            .map_err(sled_err("read delivery index"))?
-        {
-            Some(id) => self.delivery(id_from(&id)),
-            None => Ok(None),
-        }
-    }
-
-    /// Creates the delivery of `cdr` to `sub` unless it exists; returns it
-    /// and whether it was created. Used by replay and the test webhook.
+    /// Creates the delivery of a journaled CDR to `sub` unless it exists;
+    /// returns it and whether it was created. Used by replay and the test
+    /// webhook.
     pub fn ensure_delivery(
         &self,
-        cdr: &Cdr,
+        cdr: &CdrMeta,
         sub: &str,
         origin: Trigger,
     ) -> Result<(Delivery, bool)> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = self.delivery_for(&cdr.id, sub)? {
-            return Ok((d, false));
-        }
-        Ok((self.create_delivery(cdr, sub, origin, now_ms())?, true))
-    }
-
-    /// Pending and retrying deliveries, oldest first.
-    pub fn open_deliveries(&self) -> Result<Vec<Delivery>> {
-        let mut out = Vec::new();
-        for item in self.open.iter() {
-            let (k, _) = item.map_err(sled_err("scan open"))?;
-            if let Some(d) = self.delivery(id_from(&k))? {
-                out.push(d);
+        let _guard = self.lock_writes();
+        let Some(bytes) = self.cdrs.get(be(cdr.seq)).map_err(sled_err("read cdr"))? else {
+            return Err(JournalError::Sled {
+                context: "ensure delivery",
+                source: sled::Error::ReportableBug(format!("CDR {} vanished", cdr.id)),
+            });
+        };
+        let mut stored = decode_cdr(&bytes)?;
+        if let Some((_, id)) = stored.meta.deliveries.iter().find(|(s, _)| s == sub) {
+            if let Some(d) = self.delivery(*id)? {
+                return Ok((d, false));
             }
         }
-        Ok(out)
+        let d = self.create_delivery(&stored.meta, sub, origin, now_ms())?;
+        stored.meta.deliveries.retain(|(s, _)| s != sub);
+        stored.meta.deliveries.push((sub.to_string(), d.id));
+        self.cdrs
+            .insert(be(cdr.seq), encode_cdr(&stored.meta, &stored.body)?)
+            .map_err(sled_err("write cdr"))?;
+        Ok((d, true))
     }
 
     /// Dead and retrying deliveries, optionally of one subscription and
-    /// created since a time: what `resend --failed` sends.
+    /// created since a time: what `resend --failed` sends. Scans every
+    /// delivery: an operator's request, not a hot path.
     pub fn failed_deliveries(
         &self,
         sub: Option<&str>,
         since_ms: Option<u64>,
     ) -> Result<Vec<Delivery>> {
         let mut out = Vec::new();
-        for tree in [&self.dead, &self.open] {
-            for item in tree.iter() {
-                let (k, _) = item.map_err(sled_err("scan failed"))?;
-                let Some(d) = self.delivery(id_from(&k))? else {
-                    continue;
-                };
-                let failed = matches!(d.state, State::Dead | State::Retrying);
-                let sub_ok = sub.is_none_or(|s| s == d.subscription);
-                let since_ok = since_ms.is_none_or(|t| d.created_ms >= t);
-                if failed && sub_ok && since_ok {
-                    out.push(d);
-                }
+        for item in self.deliveries.iter() {
+            let (_, v) = item.map_err(sled_err("scan deliveries"))?;
+            let d: Delivery = serde_json::from_slice(&v).map_err(corrupt("delivery"))?;
+            let failed = matches!(d.state, State::Dead | State::Retrying);
+            let sub_ok = sub.is_none_or(|s| s == d.subscription);
+            let since_ok = since_ms.is_none_or(|t| d.created_ms >= t);
+            if failed && sub_ok && since_ok {
+                out.push(d);
             }
         }
-        out.sort_by_key(|d| d.id);
         Ok(out)
     }
 
@@ -621,35 +704,26 @@ impl Journal {
     /// in-flight files that are now finished (every delivery of every CDR in
     /// them ended).
     pub fn record_attempt(&self, updated: &Delivery, attempt: &Attempt) -> Result<Vec<String>> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _guard = self.lock_writes();
         let old = self.delivery(updated.id)?;
+        let mut new = updated.clone();
+        if !new.attempt_ids.contains(&attempt.id) {
+            new.attempt_ids.push(attempt.id);
+        }
         self.attempts
             .insert(
                 be(attempt.id),
                 serde_json::to_vec(attempt).map_err(corrupt("encode attempt"))?,
             )
             .map_err(sled_err("write attempt"))?;
-        let mut k = be(updated.id).to_vec();
-        k.extend_from_slice(&be(attempt.id));
-        self.attempts_by_delivery
-            .insert(k, &[])
-            .map_err(sled_err("write attempt index"))?;
-        self.write_delivery(old.as_ref(), updated)?;
-        self.note_result(&updated.subscription, attempt)?;
+        self.write_delivery(old.as_ref(), &new)?;
+        self.note_result(&new.subscription, attempt)?;
         let was_open = old.as_ref().is_none_or(|o| o.state.is_open());
-        if was_open && !updated.state.is_open() {
-            self.finished_files_of(&updated.cdr_id)
+        if was_open && !new.state.is_open() {
+            self.finished_files_of(new.cdr_seq)
         } else {
             Ok(Vec::new())
         }
-    }
-
-    /// Changes a delivery's state without an attempt (e.g. a replay that
-    /// reopens it).
-    pub fn update_delivery(&self, updated: &Delivery) -> Result<()> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.delivery(updated.id)?;
-        self.write_delivery(old.as_ref(), updated)
     }
 
     fn note_result(&self, sub: &str, attempt: &Attempt) -> Result<()> {
@@ -657,10 +731,10 @@ impl Journal {
             let mut counts = self.lock_counts();
             let c = counts.entry(sub.to_string()).or_default();
             if attempt.succeeded() {
+                c.last_success_ms = c.last_success_ms.max(Some(attempt.time_ms));
                 // A busy subscription succeeds thousands of times a second:
                 // persist the time at most once a second (status reads the
                 // in-memory value, so only a restart can see it a second old).
-                c.last_success_ms = c.last_success_ms.max(Some(attempt.time_ms));
                 let persisted_recently = c
                     .persisted_success_ms
                     .is_some_and(|t| attempt.time_ms.saturating_sub(t) < 1000);
@@ -692,84 +766,43 @@ impl Journal {
         Ok(())
     }
 
-    fn deliveries_of(&self, cdr_id: &str) -> Result<Vec<Delivery>> {
-        let mut out = Vec::new();
-        for item in self.by_cdr.scan_prefix(by_cdr_prefix(cdr_id)) {
-            let (_, id) = item.map_err(sled_err("scan delivery index"))?;
-            if let Some(d) = self.delivery(id_from(&id))? {
-                out.push(d);
-            }
-        }
-        Ok(out)
-    }
-
-    fn cdr_finished(&self, cdr_id: &str) -> Result<bool> {
-        Ok(self
-            .deliveries_of(cdr_id)?
-            .iter()
-            .all(|d| !d.state.is_open()))
-    }
-
-    fn finished_files_of(&self, cdr_id: &str) -> Result<Vec<String>> {
-        let Some(cdr) = self.cdr(cdr_id)? else {
-            return Ok(Vec::new());
-        };
-        let mut out = Vec::new();
-        for file in &cdr.meta.files {
-            if self.file_finished(file)? {
-                out.push(file.clone());
-            }
-        }
-        Ok(out)
-    }
-
-    /// True when the journal knows the in-flight file and none of its CDRs
-    /// has an open delivery.
-    pub fn file_finished(&self, inflight_name: &str) -> Result<bool> {
-        let Some(rec) = self.file(inflight_name)? else {
+    fn cdr_finished(&self, seq: CdrSeq) -> Result<bool> {
+        let Some(meta) = self.meta_by_seq(seq)? else {
             return Ok(false);
         };
-        for id in &rec.cdr_ids {
-            if !self.cdr_finished(id)? {
+        self.deliveries_ended(&meta)
+    }
+
+    fn deliveries_ended(&self, meta: &CdrMeta) -> Result<bool> {
+        for (_, id) in &meta.deliveries {
+            if self.delivery(*id)?.is_some_and(|d| d.state.is_open()) {
                 return Ok(false);
             }
         }
         Ok(true)
     }
 
-    pub fn file(&self, inflight_name: &str) -> Result<Option<FileRec>> {
-        match self
-            .files
-            .get(inflight_name)
-            .map_err(sled_err("read file"))?
-        {
-            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(corrupt("file"))?)),
-            None => Ok(None),
+    fn finished_files_of(&self, seq: CdrSeq) -> Result<Vec<String>> {
+        let Some(meta) = self.meta_by_seq(seq)? else {
+            return Ok(Vec::new());
+        };
+        if !self.deliveries_ended(&meta)? {
+            return Ok(Vec::new());
         }
-    }
-
-    /// Forgets an in-flight file once it has left the in-flight directory.
-    pub fn remove_file(&self, inflight_name: &str) -> Result<()> {
-        self.files
-            .remove(inflight_name)
-            .map_err(sled_err("remove file"))?;
-        Ok(())
-    }
-
-    /// Names of every in-flight file the journal knows.
-    pub fn file_names(&self) -> Result<Vec<String>> {
-        self.files
-            .iter()
-            .keys()
-            .map(|k| {
-                k.map(|k| String::from_utf8_lossy(&k).into_owned())
-                    .map_err(sled_err("scan files"))
-            })
-            .collect()
-    }
-
-    pub fn files_in_flight(&self) -> usize {
-        self.files.len()
+        let mut out = Vec::new();
+        for file in &meta.files {
+            let mut finished = true;
+            for &sibling in file.cdrs.iter().filter(|&&s| s != seq) {
+                if !self.cdr_finished(sibling)? {
+                    finished = false;
+                    break;
+                }
+            }
+            if finished {
+                out.push(file.name.clone());
+            }
+        }
+        Ok(out)
     }
 
     pub fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
@@ -786,11 +819,10 @@ impl Journal {
     }
 
     /// The attempts of one delivery, oldest first.
-    pub fn attempts_of(&self, delivery: DeliveryId) -> Result<Vec<Attempt>> {
+    pub fn attempts_of(&self, delivery: &Delivery) -> Result<Vec<Attempt>> {
         let mut out = Vec::new();
-        for item in self.attempts_by_delivery.scan_prefix(be(delivery)) {
-            let (k, _) = item.map_err(sled_err("scan attempt index"))?;
-            if let Some(a) = self.attempt(id_from(&k[8..]))? {
+        for &id in &delivery.attempt_ids {
+            if let Some(a) = self.attempt(id)? {
                 out.push(a);
             }
         }
@@ -803,15 +835,16 @@ impl Journal {
         for item in self.attempts.iter().rev() {
             let (_, v) = item.map_err(sled_err("scan attempts"))?;
             let a: Attempt = serde_json::from_slice(&v).map_err(corrupt("attempt"))?;
-            // Attempts are keyed in the order they ended, not started: a
-            // slow one that started before `since` can come before quicker
-            // ones that started after it. Stop only at one that had ended
-            // before `since` (with a margin for journaling after the send).
+            // Ids are taken when an attempt ends, times when it starts: a slow
+            // attempt can carry an older time than later ids. Skip attempts
+            // that started too early, and stop only once they also ended
+            // well before the cutoff.
             if let Some(t) = f.since_ms {
-                if a.time_ms + a.duration_ms + 1_000 < t {
-                    break;
-                }
                 if a.time_ms < t {
+                    let ended = a.time_ms + a.duration_ms;
+                    if ended + 1000 < t {
+                        break;
+                    }
                     continue;
                 }
             }
@@ -831,75 +864,66 @@ impl Journal {
         Ok(out)
     }
 
-    /// CDRs journaled at or after `since_ms`, oldest first.
-    pub fn cdrs_since(&self, since_ms: u64) -> impl Iterator<Item = Result<StoredCdr>> + '_ {
-        self.cdr_time.range(be(since_ms)..).filter_map(move |item| {
-            let (k, _) = match item {
-                Ok(kv) => kv,
-                Err(e) => return Some(Err(sled_err("scan cdr index")(e))),
-            };
-            let id = String::from_utf8_lossy(&k[8..]).into_owned();
-            self.cdr(&id).transpose()
-        })
+    /// CDRs journaled at or after `since_ms`, oldest first (metadata only).
+    pub fn cdrs_since(&self, since_ms: u64) -> Result<Vec<CdrMeta>> {
+        let mut out = Vec::new();
+        for item in self.cdrs.iter().rev() {
+            let (_, v) = item.map_err(sled_err("scan cdrs"))?;
+            let meta = decode_meta(&v)?;
+            if meta.received_ms < since_ms {
+                break;
+            }
+            out.push(meta);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Prunes CDRs received before `cutoff_ms` whose deliveries all ended
     /// before it, with their deliveries and attempts. Nothing open is ever
-    /// pruned. At most `max` CDRs per call, so that a large backlog of old
-    /// records does not stall the daemon.
+    /// pruned. At most `max` CDRs are examined per call, so that a large
+    /// backlog of old records does not stall the daemon.
     pub fn prune(&self, cutoff_ms: u64, max: usize) -> Result<PruneStats> {
         let mut stats = PruneStats::default();
-        for item in self.cdr_time.range(..be(cutoff_ms)).take(max) {
-            let (tkey, _) = item.map_err(sled_err("scan cdr index"))?;
-            let cdr_id = String::from_utf8_lossy(&tkey[8..]).into_owned();
-            let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let deliveries = self.deliveries_of(&cdr_id)?;
+        for item in self.cdrs.iter().take(max) {
+            let (key, v) = item.map_err(sled_err("scan cdrs"))?;
+            let meta = decode_meta(&v)?;
+            if meta.received_ms >= cutoff_ms {
+                break;
+            }
+            let _guard = self.lock_writes();
+            let mut deliveries = Vec::new();
+            for (_, id) in &meta.deliveries {
+                if let Some(d) = self.delivery(*id)? {
+                    deliveries.push(d);
+                }
+            }
             let removable = deliveries
                 .iter()
                 .all(|d| !d.state.is_open() && d.ended_ms.is_some_and(|t| t < cutoff_ms));
             if !removable {
                 continue;
             }
-            // A CDR still named by an in-flight file stays until that file leaves.
-            if let Some(c) = self.cdr(&cdr_id)? {
-                if c.meta
-                    .files
-                    .iter()
-                    .any(|f| self.files.contains_key(f).unwrap_or(true))
-                {
-                    continue;
-                }
-            }
             for d in &deliveries {
-                for item in self.attempts_by_delivery.scan_prefix(be(d.id)) {
-                    let (k, _) = item.map_err(sled_err("scan attempt index"))?;
+                for &a in &d.attempt_ids {
                     self.attempts
-                        .remove(&k[8..])
+                        .remove(be(a))
                         .map_err(sled_err("prune attempt"))?;
-                    self.attempts_by_delivery
-                        .remove(&k)
-                        .map_err(sled_err("prune attempt index"))?;
                     stats.attempts += 1;
                 }
                 self.deliveries
                     .remove(be(d.id))
                     .map_err(sled_err("prune delivery"))?;
-                self.dead.remove(be(d.id)).map_err(sled_err("prune dead"))?;
-                self.by_cdr
-                    .remove(by_cdr_key(&cdr_id, &d.subscription))
-                    .map_err(sled_err("prune delivery index"))?;
                 self.lock_counts()
                     .entry(d.subscription.clone())
                     .or_default()
                     .adjust(d.state, false);
                 stats.deliveries += 1;
             }
-            self.cdrs
-                .remove(cdr_id.as_bytes())
-                .map_err(sled_err("prune cdr"))?;
-            self.cdr_time
-                .remove(&tkey)
-                .map_err(sled_err("prune cdr index"))?;
+            self.cdr_ids
+                .remove(meta.id.as_bytes())
+                .map_err(sled_err("prune cdr id"))?;
+            self.cdrs.remove(key).map_err(sled_err("prune cdr"))?;
             stats.cdrs += 1;
         }
         Ok(stats)
@@ -928,7 +952,6 @@ mod tests {
     fn file(name: &str, body: &str) -> IngestFile {
         IngestFile {
             inflight_name: format!("x-{name}"),
-            original_name: name.to_string(),
             cdrs: parse_file(body.as_bytes()).expect("cdr"),
         }
     }
@@ -977,7 +1000,31 @@ mod tests {
         assert!(again.new_deliveries.is_empty());
         assert_eq!(again.known_cdrs, 1);
         assert_eq!(j.counts()["a"].pending, 1);
-        assert_eq!(j.open_deliveries().expect("open").len(), 2);
+    }
+
+    #[test]
+    fn open_deliveries_are_found_at_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = sub("a");
+        {
+            let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+            let out = j
+                .ingest(
+                    &[
+                        file("1.json", r#"{"QueueId":"1"}"#),
+                        file("2.json", r#"{"QueueId":"2"}"#),
+                    ],
+                    &[&a],
+                )
+                .expect("ingest");
+            finish(&j, out.new_deliveries[0].1, State::Delivered);
+            j.flush().expect("flush");
+        }
+        let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("reopen");
+        let open = j.take_open_deliveries();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].subscription, "a");
+        assert!(j.take_open_deliveries().is_empty(), "handed over once");
     }
 
     #[test]
@@ -987,6 +1034,7 @@ mod tests {
         let out = j
             .ingest(&[file("f.json", r#"{"IvrId":"i"}"#)], &[&a, &b])
             .expect("ingest");
+        assert!(out.finished_files.is_empty());
         let ids: Vec<_> = out.new_deliveries.iter().map(|(_, id)| *id).collect();
         assert!(finish(&j, ids[0], State::Delivered).is_empty());
         assert_eq!(
@@ -999,6 +1047,38 @@ mod tests {
     }
 
     #[test]
+    fn an_array_file_finishes_with_its_last_cdr() {
+        let (_d, j) = open_tmp();
+        let a = sub("a");
+        let out = j
+            .ingest(
+                &[file("arr.json", r#"[{"QueueId":"1"},{"QueueId":"2"}]"#)],
+                &[&a],
+            )
+            .expect("ingest");
+        assert_eq!(out.new_deliveries.len(), 2);
+        assert!(finish(&j, out.new_deliveries[0].1, State::Delivered).is_empty());
+        assert_eq!(
+            finish(&j, out.new_deliveries[1].1, State::Delivered),
+            vec!["x-arr.json".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_known_cdr_in_a_new_file_finishes_that_file_at_once() {
+        let (_d, j) = open_tmp();
+        let a = sub("a");
+        let body = r#"{"QueueId":"1"}"#;
+        let out = j.ingest(&[file("1.json", body)], &[&a]).expect("ingest");
+        finish(&j, out.new_deliveries[0].1, State::Delivered);
+        let again = j.ingest(&[file("2.json", body)], &[&a]).expect("again");
+        assert_eq!(again.finished_files, vec!["x-2.json".to_string()]);
+        assert!(j
+            .cdrs_finished_by_ids(&file("3.json", body).cdrs)
+            .expect("check"));
+    }
+
+    #[test]
     fn unmatched_cdr_is_journaled_and_its_file_finished() {
         let (_d, j) = open_tmp();
         let out = j
@@ -1006,7 +1086,25 @@ mod tests {
             .expect("ingest");
         assert_eq!(out.unmatched_cdrs, 1);
         assert_eq!(out.finished_files, vec!["x-u.json".to_string()]);
-        assert_eq!(j.cdrs_since(0).count(), 1);
+        assert_eq!(j.cdrs_since(0).expect("since").len(), 1);
+    }
+
+    #[test]
+    fn replay_creates_a_delivery_once() {
+        let (_d, j) = open_tmp();
+        j.ingest(&[file("u.json", r#"{"QueueId":"q"}"#)], &[])
+            .expect("ingest");
+        let meta = j.cdrs_since(0).expect("since").remove(0);
+        let (d, created) = j
+            .ensure_delivery(&meta, "new", Trigger::Replay)
+            .expect("ensure");
+        assert!(created);
+        let (again, created) = j
+            .ensure_delivery(&meta, "new", Trigger::Replay)
+            .expect("ensure");
+        assert!(!created);
+        assert_eq!(d.id, again.id);
+        assert_eq!(j.counts()["new"].pending, 1);
     }
 
     #[test]
@@ -1023,7 +1121,6 @@ mod tests {
             )
             .expect("ingest");
         finish(&j, out.new_deliveries[0].1, State::Delivered);
-        j.remove_file("x-1.json").expect("remove");
         let stats = j.prune(now_ms() + 1000, 100).expect("prune");
         assert_eq!(
             stats,
@@ -1036,6 +1133,7 @@ mod tests {
         assert!(j.delivery(out.new_deliveries[1].1).expect("read").is_some());
         assert_eq!(j.counts()["a"].pending, 1);
         assert_eq!(j.counts()["a"].delivered, 0);
+        assert_eq!(j.cdrs_since(0).expect("since").len(), 1);
     }
 
     #[test]
@@ -1070,6 +1168,11 @@ mod tests {
             .expect("failed");
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].status, Some(500));
+        let d = j
+            .delivery(out.new_deliveries[1].1)
+            .expect("read")
+            .expect("d");
+        assert_eq!(j.attempts_of(&d).expect("of").len(), 1);
     }
 
     #[test]

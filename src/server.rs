@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::control;
 use crate::delivery::{http, Context, Dispatcher};
-use crate::journal::{Journal, State, Trigger};
+use crate::journal::{Journal, Trigger};
 use crate::logging;
 use crate::reload::{self, LiveConfig, Reloaded};
 use crate::shutdown::Shutdown;
@@ -228,7 +228,7 @@ async fn start(
     });
     let dispatcher = Arc::new(Dispatcher::new(ctx, tokio::runtime::Handle::current()));
     dispatcher.apply_subscriptions(&cfg.subscriptions);
-    restore(&journal, &dispatcher)?;
+    restore(&journal, &dispatcher);
 
     let mut watchers = Vec::new();
     match spool::watch(&cfg.spool.dir, spool_tx.clone()) {
@@ -289,21 +289,15 @@ async fn start(
 
 /// Hands the journal's open deliveries back to their workers: pending ones
 /// in order, retrying ones at their persisted time.
-fn restore(journal: &Journal, dispatcher: &Dispatcher) -> Result<(), StartError> {
-    let open = journal
-        .open_deliveries()
-        .map_err(|source| StartError::Journal {
-            path: PathBuf::from("(open deliveries)"),
-            source,
-        })?;
-    let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
+fn restore(journal: &Journal, dispatcher: &Dispatcher) {
+    let open = journal.take_open_deliveries();
     let count = open.len();
+    let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
     for d in open {
-        let at = match d.state {
-            State::Retrying => Some(d.next_at_ms.unwrap_or(0)),
-            _ => None,
-        };
-        by_sub.entry(d.subscription).or_default().push((d.id, at));
+        by_sub
+            .entry(d.subscription)
+            .or_default()
+            .push((d.id, d.retry_at_ms));
     }
     for (sub, items) in by_sub {
         dispatcher.enqueue(&sub, items);
@@ -311,7 +305,6 @@ fn restore(journal: &Journal, dispatcher: &Dispatcher) -> Result<(), StartError>
     if count > 0 {
         log::info!("resuming {count} open deliveries from the journal");
     }
-    Ok(())
 }
 
 fn handle_signal(daemon: &Daemon, signal: Signal) {

@@ -366,16 +366,7 @@ impl Spool {
                 outcome.unmatched_cdrs
             );
         }
-        let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
-        for (sub, id) in outcome.new_deliveries {
-            by_sub.entry(sub).or_default().push((id, None));
-        }
-        for (sub, ids) in by_sub {
-            self.dispatcher.enqueue(&sub, ids);
-        }
-        for name in outcome.finished_files {
-            self.finish(&name);
-        }
+        self.dispatch(outcome);
     }
 
     /// An in-flight file whose deliveries have all ended leaves: deleted, or
@@ -399,87 +390,89 @@ impl Spool {
                 return;
             }
         }
-        if let Err(e) = self.journal.remove_file(inflight_name) {
-            log::error!("spool: {inflight_name}: {e}");
-        }
         log::debug!("spool: {original} done");
     }
 
-    /// At start-up: files in `.inflight/` that the journal does not know are
-    /// taken in again (the journal was lost or is older); known files whose
-    /// deliveries have all ended leave; records of files that are gone are
-    /// forgotten.
+    /// At start-up, every file in `.inflight/` is read again: one whose CDRs
+    /// the journal does not all know (the journal was lost, or is older) is
+    /// taken in again; one whose deliveries have all ended leaves now (the
+    /// daemon stopped between the last delivery and the file's removal).
     fn recover_inflight(&mut self) -> io::Result<()> {
         let cfg = self.config();
         let dir = inflight_dir(&cfg.spool);
-        let mut unknown = Vec::new();
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
+        let mut retake = Vec::new();
+        let mut names: Vec<String> = fs::read_dir(&dir)?
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let parsed = match read_limited(&path, cfg.spool.max_file_size) {
+                Ok(Ok(bytes)) => parse_file(&bytes),
+                Ok(Err(why)) => Err(why),
+                Err(e) => {
+                    log::error!("spool: {INFLIGHT}/{name}: {e}");
+                    continue;
+                }
             };
-            if name.starts_with('.') {
-                continue;
-            }
-            match self.journal.file(&name) {
-                Ok(Some(_)) => {
-                    if self.journal.file_finished(&name).unwrap_or(false) {
+            let cdrs = match parsed {
+                Ok(cdrs) => cdrs,
+                Err(why) => {
+                    // Only a file that parsed was ever moved here; if it no
+                    // longer does, it was changed by hand: reject it.
+                    let orig = original_name(&name).to_string();
+                    match move_file(&path, &cfg.spool.dir.join(&orig)) {
+                        Ok(()) => reject(&cfg.spool, &orig, &why),
+                        Err(e) => log::error!("spool: {name}: {e}"),
+                    }
+                    continue;
+                }
+            };
+            match self.journal.knows_all(&cdrs) {
+                Ok(true) => {
+                    if self.journal.cdrs_finished_by_ids(&cdrs).unwrap_or(false) {
                         self.finish(&name);
                     }
                 }
-                Ok(None) => unknown.push(name),
+                Ok(false) => retake.push(IngestFile {
+                    inflight_name: name,
+                    cdrs,
+                }),
                 Err(e) => log::error!("spool: {name}: {e}"),
             }
         }
-        for name in self.journal.file_names().unwrap_or_default() {
-            if !dir.join(&name).exists() {
-                let _ = self.journal.remove_file(&name);
-            }
-        }
-        if unknown.is_empty() {
+        if retake.is_empty() {
             return Ok(());
         }
         log::warn!(
             "spool: {} file(s) in {INFLIGHT} unknown to the journal; taking them in again",
-            unknown.len()
+            retake.len()
         );
-        let mut files = Vec::new();
-        for name in unknown {
-            let bytes = read_limited(&dir.join(&name), cfg.spool.max_file_size)?;
-            match bytes.map(|b| parse_file(&b)) {
-                Ok(Ok(cdrs)) => files.push(IngestFile {
-                    original_name: original_name(&name).to_string(),
-                    inflight_name: name,
-                    cdrs,
-                }),
-                Ok(Err(why)) | Err(why) => {
-                    let orig = original_name(&name).to_string();
-                    if let Err(e) = move_file(&dir.join(&name), &cfg.spool.dir.join(&orig)) {
-                        log::error!("spool: {name}: {e}");
-                    } else {
-                        reject(&cfg.spool, &orig, &why);
-                    }
-                }
-            }
-        }
         let subs: Vec<&crate::config::Subscription> = cfg.subscriptions.iter().collect();
-        for chunk in files.chunks(BATCH) {
+        for chunk in retake.chunks(BATCH) {
             let outcome = self
                 .journal
                 .ingest(chunk, &subs)
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
-            for (sub, id) in outcome.new_deliveries {
-                by_sub.entry(sub).or_default().push((id, None));
-            }
-            for (sub, ids) in by_sub {
-                self.dispatcher.enqueue(&sub, ids);
-            }
-            for name in outcome.finished_files {
-                self.finish(&name);
-            }
+            self.dispatch(outcome);
         }
         Ok(())
+    }
+
+    /// Hands new deliveries to their workers and lets finished files go.
+    fn dispatch(&mut self, outcome: crate::journal::IngestOutcome) {
+        let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
+        for (sub, id) in outcome.new_deliveries {
+            by_sub.entry(sub).or_default().push((id, None));
+        }
+        for (sub, ids) in by_sub {
+            self.dispatcher.enqueue(&sub, ids);
+        }
+        for name in outcome.finished_files {
+            self.finish(&name);
+        }
     }
 }
 
@@ -578,7 +571,6 @@ fn read_candidate(spool: &SpoolConfig, name: &str) -> Taken {
     let result = match read_limited(&path, spool.max_file_size) {
         Ok(Ok(bytes)) => parse_file(&bytes).map(|cdrs| IngestFile {
             inflight_name: inflight_name(name, &bytes),
-            original_name: name.to_string(),
             cdrs,
         }),
         Ok(Err(why)) => Err(why),

@@ -6,7 +6,6 @@
 use serde_json::{json, Value};
 
 use super::{cell, since};
-use crate::cdr::Cdr;
 use crate::config::EventType;
 use crate::journal::Trigger;
 use crate::server::Daemon;
@@ -23,9 +22,8 @@ pub fn apply(d: &Daemon, subscription: &str, since_text: &str) -> Result<Value, 
     }
     let since_ms = since(Some(since_text))?.unwrap_or(0);
     let (mut created, mut resent, mut skipped) = (Vec::new(), 0usize, 0usize);
-    for stored in d.journal.cdrs_since(since_ms) {
-        let stored = stored.map_err(|e| e.to_string())?;
-        let Some(event_type) = EventType::parse(&stored.meta.event_type) else {
+    for meta in d.journal.cdrs_since(since_ms).map_err(|e| e.to_string())? {
+        let Some(event_type) = EventType::parse(&meta.event_type) else {
             skipped += 1;
             continue;
         };
@@ -33,15 +31,9 @@ pub fn apply(d: &Daemon, subscription: &str, since_text: &str) -> Result<Value, 
             skipped += 1;
             continue;
         }
-        let cdr = Cdr {
-            id: stored.meta.id.clone(),
-            event_type,
-            call_id: stored.meta.call_id.clone(),
-            body: Vec::new(),
-        };
         let (delivery, new) = d
             .journal
-            .ensure_delivery(&cdr, &sub.name, Trigger::Replay)
+            .ensure_delivery(&meta, &sub.name, Trigger::Replay)
             .map_err(|e| e.to_string())?;
         if new {
             created.push((delivery.id, None));

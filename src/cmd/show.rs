@@ -18,13 +18,13 @@ pub fn apply(d: &Daemon, id: &str) -> Result<Value, String> {
     let (delivery, named) = resolve(&d.journal, id)?;
     let history = d
         .journal
-        .attempts_of(delivery.id)
+        .attempts_of(&delivery)
         .map_err(|e| e.to_string())?;
     // A delivery shows its latest attempt in full.
     let attempt = named.or_else(|| history.last().cloned());
     let cdr = d
         .journal
-        .cdr(&delivery.cdr_id)
+        .cdr_by_seq(delivery.cdr_seq)
         .map_err(|e| e.to_string())?
         .map(|c| {
             serde_json::from_slice::<Value>(&c.body)

@@ -54,10 +54,10 @@ pub async fn apply(d: &Daemon, only: Option<&str>) -> Result<Value, String> {
             call_id: None,
             body,
         };
-        d.journal.put_cdr(&cdr).map_err(|e| e.to_string())?;
+        let meta = d.journal.put_cdr(&cdr).map_err(|e| e.to_string())?;
         let (delivery, _) = d
             .journal
-            .ensure_delivery(&cdr, &sub.name, Trigger::Test)
+            .ensure_delivery(&meta, &sub.name, Trigger::Test)
             .map_err(|e| e.to_string())?;
         waiting.push((
             sub.name.clone(),

@@ -507,7 +507,7 @@ fn attempt(
         // Ended meanwhile (a resend succeeded): nothing to do.
         return Ok(skipped(&d));
     }
-    let Some(cdr) = journal.cdr(&d.cdr_id).map_err(|e| e.to_string())? else {
+    let Some(cdr) = journal.cdr_by_seq(d.cdr_seq).map_err(|e| e.to_string())? else {
         return Err(format!("CDR {} of d{id} is not in the journal", d.cdr_id));
     };
     let number = d.attempts + 1;
