@@ -425,8 +425,9 @@ impl Journal {
     }
 
     /// Journals a batch of parsed files and flushes once for all of them.
+    /// New records need no lock: only `add_file_ref` rewrites one, and
+    /// holding the lock for a whole batch would stall every delivery thread.
     pub fn ingest(&self, files: &[IngestFile], subs: &[&Subscription]) -> Result<IngestOutcome> {
-        let _guard = self.lock_writes();
         let mut out = IngestOutcome::default();
         let now = now_ms();
         // Files with a CDR that got a new delivery cannot be finished yet.
@@ -499,6 +500,7 @@ impl Journal {
     }
 
     fn add_file_ref(&self, seq: CdrSeq, file: &FileRef) -> Result<()> {
+        let _guard = self.lock_writes();
         let Some(bytes) = self.cdrs.get(be(seq)).map_err(sled_err("read cdr"))? else {
             return Ok(());
         };

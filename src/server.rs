@@ -217,13 +217,16 @@ async fn start(
     let agent = http::build_agent(&cfg.delivery).map_err(StartError::Delivery)?;
 
     let (spool_tx, spool_rx) = std_mpsc::channel();
-    let files_tx = spool_tx.clone();
+    let files_live = live.clone();
     let ctx = Arc::new(Context {
         journal: journal.clone(),
         settings: RwLock::new(Arc::new(cfg.delivery.clone())),
         agent: RwLock::new(agent),
         files_finished: Box::new(move |names| {
-            let _ = files_tx.send(SpoolMsg::Finished(names));
+            let spool = &files_live.get().spool;
+            for name in names {
+                spool::finish_file(spool, &name);
+            }
         }),
     });
     let dispatcher = Arc::new(Dispatcher::new(ctx, tokio::runtime::Handle::current()));

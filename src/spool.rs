@@ -47,8 +47,6 @@ pub enum SpoolMsg {
     Hint(String),
     /// Scan the whole directory now (watcher overflow or error).
     Rescan,
-    /// In-flight files whose deliveries have all ended.
-    Finished(Vec<String>),
     Stop,
 }
 
@@ -231,11 +229,6 @@ impl Spool {
                 }
             }
             SpoolMsg::Rescan => self.rescan(),
-            SpoolMsg::Finished(names) => {
-                for name in names {
-                    self.finish(&name);
-                }
-            }
             SpoolMsg::Stop => {}
         }
     }
@@ -369,28 +362,8 @@ impl Spool {
         self.dispatch(outcome);
     }
 
-    /// An in-flight file whose deliveries have all ended leaves: deleted, or
-    /// moved to the archive under its original name.
-    fn finish(&mut self, inflight_name: &str) {
-        let cfg = self.config();
-        let path = inflight_dir(&cfg.spool).join(inflight_name);
-        let original = original_name(inflight_name);
-        let result = match cfg.spool.after_ingest {
-            AfterIngest::Delete => fs::remove_file(&path),
-            AfterIngest::Archive => fs::create_dir_all(&cfg.spool.archive_dir).and_then(|_| {
-                let to = free_name(&cfg.spool.archive_dir, original);
-                move_file(&path, &to)
-            }),
-        };
-        match result {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                log::error!("spool: {inflight_name}: cannot remove from {INFLIGHT}: {e}");
-                return;
-            }
-        }
-        log::debug!("spool: {original} done");
+    fn finish(&self, inflight_name: &str) {
+        finish_file(&self.config().spool, inflight_name);
     }
 
     /// At start-up, every file in `.inflight/` is read again: one whose CDRs
@@ -473,6 +446,25 @@ impl Spool {
         for name in outcome.finished_files {
             self.finish(&name);
         }
+    }
+}
+
+/// An in-flight file whose deliveries have all ended leaves: deleted, or
+/// moved to the archive under its original name. Called from the delivery
+/// threads, right where the last delivery ends.
+pub fn finish_file(spool: &SpoolConfig, inflight_name: &str) {
+    let path = inflight_dir(spool).join(inflight_name);
+    let original = original_name(inflight_name);
+    let result = match spool.after_ingest {
+        AfterIngest::Delete => fs::remove_file(&path),
+        AfterIngest::Archive => fs::create_dir_all(&spool.archive_dir)
+            .and_then(|_| move_no_clobber(&path, &spool.archive_dir, original).map(|_| ())),
+    };
+    match result {
+        Ok(()) => log::debug!("spool: {original} done"),
+        // Already gone: finished twice (a duplicate file raced its original).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::error!("spool: {inflight_name}: cannot remove from {INFLIGHT}: {e}"),
     }
 }
 
@@ -595,15 +587,22 @@ fn read_candidate(spool: &SpoolConfig, name: &str) -> Taken {
 /// `NAME.reason` beside it. If even that fails, it stays in the spool.
 fn reject(spool: &SpoolConfig, name: &str, why: &Rejection) {
     log::warn!("rejected {name}: {why}");
+    let text = format!(
+        "file: {name}\nrejected: {}\nreason: {why}\n",
+        rfc3339(now_ms())
+    );
+    // The reason is complete on disk before the file appears beside it, so
+    // whoever sees `NAME.json` in the rejected directory can read why.
     let result = fs::create_dir_all(&spool.rejected_dir).and_then(|_| {
-        let to = free_name(&spool.rejected_dir, name);
-        let reason_path = reason_path(&to);
-        let text = format!(
-            "file: {name}\nrejected: {}\nreason: {why}\n",
-            rfc3339(now_ms())
-        );
-        write_atomically(&reason_path, text.as_bytes())?;
-        move_file(&spool.dir.join(name), &to)
+        let (to, mut reason) = claim_reason(&spool.rejected_dir, name)?;
+        let written = reason
+            .write_all(text.as_bytes())
+            .and_then(|_| reason.sync_all())
+            .and_then(|_| move_file(&spool.dir.join(name), &to));
+        if written.is_err() {
+            let _ = fs::remove_file(reason_path(&to));
+        }
+        written
     });
     if let Err(e) = result {
         log::error!(
@@ -613,23 +612,68 @@ fn reject(spool: &SpoolConfig, name: &str, why: &Rejection) {
     }
 }
 
+/// Finds `dir/name` (or `name.1`, …) that is free, and claims it by
+/// creating its `.reason` file exclusively.
+fn claim_reason(dir: &Path, name: &str) -> io::Result<(PathBuf, File)> {
+    for n in 0.. {
+        let to = if n == 0 {
+            dir.join(name)
+        } else {
+            dir.join(format!("{name}.{n}"))
+        };
+        if fs::symlink_metadata(&to).is_ok() {
+            continue;
+        }
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(reason_path(&to))
+        {
+            Ok(file) => return Ok((to, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("no free name"))
+}
+
 fn reason_path(file: &Path) -> PathBuf {
     let mut s = file.as_os_str().to_owned();
     s.push(".reason");
     PathBuf::from(s)
 }
 
-/// `dir/name`, or `dir/name.1`, `.2`, … if taken: an archive or rejected
-/// directory never loses an earlier file that had the same name.
-fn free_name(dir: &Path, name: &str) -> PathBuf {
-    let first = dir.join(name);
-    if fs::symlink_metadata(&first).is_err() {
-        return first;
+/// Moves `from` to `dir/name`, or `dir/name.1`, `.2`, … if taken, and
+/// returns where it went: an archive or rejected directory never loses an
+/// earlier file of the same name, even when two threads archive at once
+/// (a hard link fails on an existing name where a rename would replace it).
+fn move_no_clobber(from: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
+    for n in 0.. {
+        let to = if n == 0 {
+            dir.join(name)
+        } else {
+            dir.join(format!("{name}.{n}"))
+        };
+        if fs::symlink_metadata(reason_path(&to)).is_ok() {
+            continue;
+        }
+        match fs::hard_link(from, &to) {
+            Ok(()) => {
+                fs::remove_file(from)?;
+                return Ok(to);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            // Another filesystem, or something that cannot be linked (a
+            // directory, a symbolic link): rename, or copy for a file.
+            Err(_) => {
+                if fs::symlink_metadata(&to).is_ok() {
+                    continue;
+                }
+                return move_file(from, &to).map(|_| to);
+            }
+        }
     }
-    (1..)
-        .map(|n| dir.join(format!("{name}.{n}")))
-        .find(|p| fs::symlink_metadata(p).is_err() && fs::symlink_metadata(reason_path(p)).is_err())
-        .unwrap_or(first)
+    Err(io::Error::other("no free name"))
 }
 
 /// rename, or copy + fsync + remove across filesystems.
@@ -637,31 +681,20 @@ fn move_file(from: &Path, to: &Path) -> io::Result<()> {
     match fs::rename(from, to) {
         Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
             let meta = fs::symlink_metadata(from)?;
-            if meta.is_file() {
-                let mut src = File::open(from)?;
-                let mut dst = File::create(to)?;
-                io::copy(&mut src, &mut dst)?;
-                dst.sync_all()?;
-            } else {
+            if !meta.is_file() {
                 return Err(e);
             }
+            let mut src = File::open(from)?;
+            let mut dst = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(to)?;
+            io::copy(&mut src, &mut dst)?;
+            dst.sync_all()?;
             fs::remove_file(from)
         }
         other => other,
     }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("reason")
-    ));
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -686,13 +719,20 @@ mod tests {
     }
 
     #[test]
-    fn free_name_never_overwrites() {
+    fn move_no_clobber_never_overwrites() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let first = free_name(dir.path(), "a.json");
-        fs::write(&first, b"1").expect("write");
-        let second = free_name(dir.path(), "a.json");
-        assert_ne!(first, second);
-        assert!(second.to_string_lossy().ends_with("a.json.1"));
+        let out = dir.path().join("out");
+        fs::create_dir(&out).expect("mkdir");
+        let mut places = Vec::new();
+        for content in [b"1", b"2"] {
+            let src = dir.path().join("a.json");
+            fs::write(&src, content).expect("write");
+            places.push(move_no_clobber(&src, &out, "a.json").expect("move"));
+            assert!(!src.exists());
+        }
+        assert_eq!(places[0], out.join("a.json"));
+        assert_eq!(places[1], out.join("a.json.1"));
+        assert_eq!(fs::read(&places[0]).expect("read"), b"1");
     }
 
     #[test]
