@@ -234,7 +234,15 @@ async fn start(
     restore(&journal, &dispatcher);
 
     let mut watchers = Vec::new();
-    match spool::watch(&cfg.spool.dir, spool_tx.clone()) {
+    // CDRHOOK_NO_SPOOL_WATCH=1 runs on rescans alone: for filesystems where
+    // inotify does not work (some network mounts), and for the tests that
+    // prove the rescan catches what the watcher misses.
+    let watch = if std::env::var_os("CDRHOOK_NO_SPOOL_WATCH").is_some_and(|v| v == "1") {
+        Err(notify::Error::generic("disabled by CDRHOOK_NO_SPOOL_WATCH=1"))
+    } else {
+        spool::watch(&cfg.spool.dir, spool_tx.clone())
+    };
+    match watch {
         Ok(w) => watchers.push(w),
         Err(e) => log::warn!(
             "spool: file watcher unavailable ({e}); files are found by the rescan every {}",
