@@ -240,6 +240,8 @@ struct Drain {
     secs: f64,
     rate: f64,
     peak_rss_kib: u64,
+    /// The daemon's CPU time (user + system) per CDR, in microseconds.
+    cpu_us_per_cdr: f64,
 }
 
 fn drain(n: usize, subs: usize) -> (Drain, Option<(Child, Setup, Receiver)>) {
@@ -269,15 +271,18 @@ fn drain(n: usize, subs: usize) -> (Drain, Option<(Child, Setup, Receiver)>) {
     }
     let secs = started.elapsed().as_secs_f64();
     let peak = proc_status(pid, "VmHWM:");
+    let ticks = cpu_ticks(pid);
     let result = Drain {
         secs,
         rate: n as f64 / secs,
         peak_rss_kib: peak,
+        cpu_us_per_cdr: ticks as f64 * 10_000.0 / n as f64,
     };
     eprintln!(
-        "drained {n} files x {subs} subscription(s) in {secs:.1}s: {:.0} CDR/s, peak RSS {} MiB",
+        "drained {n} files x {subs} subscription(s) in {secs:.1}s: {:.0} CDR/s, peak RSS {} MiB, daemon CPU {:.0} us/CDR",
         result.rate,
-        peak / 1024
+        peak / 1024,
+        result.cpu_us_per_cdr
     );
     (result, Some((child, s, receiver)))
 }
@@ -374,6 +379,10 @@ fn main() {
         three.secs,
         three.rate,
         three.rate * 3.0
+    );
+    println!(
+        "| daemon CPU per CDR (1 sub / 3 subs) | {:.0} µs / {:.0} µs | — |",
+        one.cpu_us_per_cdr, three.cpu_us_per_cdr
     );
     println!(
         "| peak RSS during drain (1 sub / 3 subs) | **{} MiB** / {} MiB | ≤ 64 MiB |",

@@ -22,10 +22,16 @@
 //! Within a batch, deliveries are written before their CDR and the CDR
 //! before its content id, so a CDR that is recognised as known always has
 //! its record and its deliveries (sled recovers a prefix of its log).
+//!
+//! After an I/O error (a full disk) sled refuses every write until it is
+//! opened again; `heal` closes and reopens it, and the spool thread calls it
+//! at its retry times, so intake resumes once the disk has room.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +55,9 @@ pub enum JournalError {
         context: &'static str,
         source: serde_json::Error,
     },
+    /// Closed after an I/O error, until `Journal::heal` reopens it.
+    #[error("journal: unavailable until it is reopened after an I/O error{0}")]
+    Unavailable(String),
 }
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -258,13 +267,45 @@ pub struct PruneStats {
     pub attempts: usize,
 }
 
-pub struct Journal {
+/// sled's handles, replaced as a whole when the journal is reopened.
+struct Trees {
     db: sled::Db,
     cdrs: sled::Tree,
     cdr_ids: sled::Tree,
     deliveries: sled::Tree,
     attempts: sled::Tree,
     sub_last: sled::Tree,
+}
+
+impl Trees {
+    fn open(path: &Path, cache_bytes: u64) -> Result<Trees> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(sled_err("open"))?;
+        let tree = |name: &'static str| db.open_tree(name).map_err(sled_err("open tree"));
+        Ok(Trees {
+            cdrs: tree("cdrs")?,
+            cdr_ids: tree("cdr_ids")?,
+            deliveries: tree("deliveries")?,
+            attempts: tree("attempts")?,
+            sub_last: tree("sub_last")?,
+            db,
+        })
+    }
+}
+
+pub struct Journal {
+    path: PathBuf,
+    cache_bytes: u64,
+    /// `None` while being reopened, or when reopening failed.
+    trees: RwLock<Option<Arc<Trees>>>,
+    /// sled returned an I/O error (a full disk, say). After one, sled
+    /// refuses every write until the database is opened again.
+    broken: AtomicBool,
+    heal_lock: Mutex<()>,
     counts: Mutex<BTreeMap<String, SubCounts>>,
     /// Open deliveries found at start-up, until the daemon takes them.
     open_at_start: Mutex<Vec<OpenDelivery>>,
@@ -314,40 +355,108 @@ impl Journal {
     /// Opens (or creates) the journal. `cache_bytes` bounds sled's page cache,
     /// which would otherwise default to 1 GiB.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<Journal> {
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(sled_err("open"))?;
-        let tree = |name: &'static str| db.open_tree(name).map_err(sled_err("open tree"));
+        let trees = Trees::open(path, cache_bytes)?;
         let journal = Journal {
-            cdrs: tree("cdrs")?,
-            cdr_ids: tree("cdr_ids")?,
-            deliveries: tree("deliveries")?,
-            attempts: tree("attempts")?,
-            sub_last: tree("sub_last")?,
-            db,
+            path: path.to_path_buf(),
+            cache_bytes,
+            trees: RwLock::new(None),
+            broken: AtomicBool::new(false),
+            heal_lock: Mutex::new(()),
             counts: Mutex::new(BTreeMap::new()),
             open_at_start: Mutex::new(Vec::new()),
             write_lock: Mutex::new(()),
         };
-        journal.scan()?;
+        let (counts, open) = journal.scan(&trees)?;
+        *journal.lock_counts() = counts;
+        *journal
+            .open_at_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = open;
+        *journal.trees.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
         Ok(journal)
+    }
+
+    /// The current handles, or `Unavailable` while the journal is closed.
+    fn t(&self) -> Result<Arc<Trees>> {
+        self.trees
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| JournalError::Unavailable(String::new()))
+    }
+
+    /// Like the free `sled_err`, and notes an I/O error: sled is unusable
+    /// after one until `heal` reopens it.
+    fn sled_err(&self, context: &'static str) -> impl FnOnce(sled::Error) -> JournalError + '_ {
+        move |source| {
+            if matches!(source, sled::Error::Io(_)) {
+                self.broken.store(true, Ordering::SeqCst);
+            }
+            JournalError::Sled { context, source }
+        }
+    }
+
+    /// Whether sled reported an I/O error since the journal was (re)opened.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    /// After an I/O error (a full disk), sled refuses every write until the
+    /// database is opened again: this closes and reopens it. sled recovers
+    /// what reached the disk, so writes that were not yet flushed are lost
+    /// (never an ingest, which flushes before the spool moves a file): the
+    /// deliveries they would have ended are open again. Returns `None` if
+    /// the journal was fine, else every open delivery, for the workers to
+    /// queue again. On an error the journal stays closed; call again later.
+    /// The caller must not hold journal handles (the spool thread).
+    pub fn heal(&self) -> Result<Option<Vec<OpenDelivery>>> {
+        let _one = self.heal_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.is_broken() {
+            return Ok(None);
+        }
+        let old = self.trees.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(old) = old {
+            // sled's file lock goes with the last handle: wait for the calls
+            // still using the old ones (each is short) to finish.
+            let start = Instant::now();
+            while Arc::strong_count(&old) > 1 {
+                if start.elapsed() > Duration::from_secs(10) {
+                    *self.trees.write().unwrap_or_else(|p| p.into_inner()) = Some(old);
+                    return Err(JournalError::Unavailable(
+                        ": the old database is still in use".to_string(),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(old);
+        }
+        let trees = Trees::open(&self.path, self.cache_bytes)?;
+        self.broken.store(false, Ordering::SeqCst);
+        let (counts, open) = match self.scan(&trees) {
+            Ok(found) => found,
+            Err(e) => {
+                self.broken.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        *self.lock_counts() = counts;
+        *self.trees.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
+        Ok(Some(open))
     }
 
     /// The durability point.
     pub fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(sled_err("flush"))?;
+        self.t()?.db.flush().map_err(self.sled_err("flush"))?;
         Ok(())
     }
 
     pub fn next_id(&self) -> Result<u64> {
         // generate_id starts at 0; keep 0 free so ids read naturally.
-        self.db
+        self.t()?
+            .db
             .generate_id()
             .map(|n| n + 1)
-            .map_err(sled_err("generate id"))
+            .map_err(self.sled_err("generate id"))
     }
 
     fn lock_counts(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SubCounts>> {
@@ -362,18 +471,18 @@ impl Journal {
     /// the open deliveries the workers resume. Deliveries whose CDR never
     /// made it to disk (a crash in the middle of an unflushed batch; the
     /// file is still in the spool and will be taken in again) are dropped.
-    fn scan(&self) -> Result<()> {
+    fn scan(&self, t: &Trees) -> Result<(BTreeMap<String, SubCounts>, Vec<OpenDelivery>)> {
         let mut counts: BTreeMap<String, SubCounts> = BTreeMap::new();
         let mut open = Vec::new();
         let mut orphans = Vec::new();
-        for item in self.deliveries.iter() {
-            let (k, v) = item.map_err(sled_err("scan deliveries"))?;
+        for item in t.deliveries.iter() {
+            let (k, v) = item.map_err(self.sled_err("scan deliveries"))?;
             let d: Delivery = serde_json::from_slice(&v).map_err(corrupt("delivery"))?;
             if d.state.is_open() {
-                if !self
+                if !t
                     .cdrs
                     .contains_key(be(d.cdr_seq))
-                    .map_err(sled_err("read cdr"))?
+                    .map_err(self.sled_err("read cdr"))?
                 {
                     orphans.push(k);
                     continue;
@@ -393,12 +502,12 @@ impl Journal {
                 .adjust(d.state, true);
         }
         for k in orphans {
-            self.deliveries
+            t.deliveries
                 .remove(k)
-                .map_err(sled_err("remove orphan"))?;
+                .map_err(self.sled_err("remove orphan"))?;
         }
-        for item in self.sub_last.iter() {
-            let (k, v) = item.map_err(sled_err("scan sub_last"))?;
+        for item in t.sub_last.iter() {
+            let (k, v) = item.map_err(self.sled_err("scan sub_last"))?;
             let last: SubCounts = serde_json::from_slice(&v).map_err(corrupt("sub_last"))?;
             let c = counts
                 .entry(String::from_utf8_lossy(&k).into_owned())
@@ -407,9 +516,7 @@ impl Journal {
             c.last_failure_ms = last.last_failure_ms;
             c.last_error = last.last_error;
         }
-        *self.lock_counts() = counts;
-        *self.open_at_start.lock().unwrap_or_else(|p| p.into_inner()) = open;
-        Ok(())
+        Ok((counts, open))
     }
 
     /// Pending and retrying deliveries found at open, oldest first. Hands
@@ -428,6 +535,7 @@ impl Journal {
     /// New records need no lock: only `add_file_ref` rewrites one, and
     /// holding the lock for a whole batch would stall every delivery thread.
     pub fn ingest(&self, files: &[IngestFile], subs: &[&Subscription]) -> Result<IngestOutcome> {
+        let t = self.t()?;
         let mut out = IngestOutcome::default();
         let now = now_ms();
         // Files with a CDR that got a new delivery cannot be finished yet.
@@ -437,7 +545,11 @@ impl Journal {
             let mut seqs = Vec::with_capacity(file.cdrs.len());
             let mut known = Vec::with_capacity(file.cdrs.len());
             for cdr in &file.cdrs {
-                match self.cdr_ids.get(&cdr.id).map_err(sled_err("read cdr id"))? {
+                match t
+                    .cdr_ids
+                    .get(&cdr.id)
+                    .map_err(self.sled_err("read cdr id"))?
+                {
                     Some(seq) => {
                         seqs.push(id_from(&seq));
                         known.push(true);
@@ -480,12 +592,12 @@ impl Journal {
                 } else {
                     waiting_files.insert(&file.inflight_name);
                 }
-                self.cdrs
+                t.cdrs
                     .insert(be(seq), encode_cdr(&meta, &cdr.body)?)
-                    .map_err(sled_err("write cdr"))?;
-                self.cdr_ids
+                    .map_err(self.sled_err("write cdr"))?;
+                t.cdr_ids
                     .insert(cdr.id.as_bytes(), &be(seq))
-                    .map_err(sled_err("write cdr id"))?;
+                    .map_err(self.sled_err("write cdr id"))?;
             }
         }
         self.flush()?;
@@ -500,8 +612,9 @@ impl Journal {
     }
 
     fn add_file_ref(&self, seq: CdrSeq, file: &FileRef) -> Result<()> {
+        let t = self.t()?;
         let _guard = self.lock_writes();
-        let Some(bytes) = self.cdrs.get(be(seq)).map_err(sled_err("read cdr"))? else {
+        let Some(bytes) = t.cdrs.get(be(seq)).map_err(self.sled_err("read cdr"))? else {
             return Ok(());
         };
         let mut stored = decode_cdr(&bytes)?;
@@ -509,9 +622,9 @@ impl Journal {
             return Ok(());
         }
         stored.meta.files.push(file.clone());
-        self.cdrs
+        t.cdrs
             .insert(be(seq), encode_cdr(&stored.meta, &stored.body)?)
-            .map_err(sled_err("write cdr"))?;
+            .map_err(self.sled_err("write cdr"))?;
         Ok(())
     }
 
@@ -547,12 +660,13 @@ impl Journal {
     /// Writes a delivery and keeps the counts in step with its state.
     /// Callers hold `write_lock`.
     fn write_delivery(&self, old: Option<&Delivery>, new: &Delivery) -> Result<()> {
-        self.deliveries
+        let t = self.t()?;
+        t.deliveries
             .insert(
                 be(new.id),
                 serde_json::to_vec(new).map_err(corrupt("encode delivery"))?,
             )
-            .map_err(sled_err("write delivery"))?;
+            .map_err(self.sled_err("write delivery"))?;
         let mut counts = self.lock_counts();
         let c = counts.entry(new.subscription.clone()).or_default();
         if let Some(old) = old {
@@ -564,21 +678,24 @@ impl Journal {
 
     /// A CDR by its content id (`webhook-id`).
     pub fn cdr(&self, id: &str) -> Result<Option<StoredCdr>> {
-        match self.cdr_ids.get(id).map_err(sled_err("read cdr id"))? {
+        let t = self.t()?;
+        match t.cdr_ids.get(id).map_err(self.sled_err("read cdr id"))? {
             Some(seq) => self.cdr_by_seq(id_from(&seq)),
             None => Ok(None),
         }
     }
 
     pub fn cdr_by_seq(&self, seq: CdrSeq) -> Result<Option<StoredCdr>> {
-        match self.cdrs.get(be(seq)).map_err(sled_err("read cdr"))? {
+        let t = self.t()?;
+        match t.cdrs.get(be(seq)).map_err(self.sled_err("read cdr"))? {
             Some(bytes) => Ok(Some(decode_cdr(&bytes)?)),
             None => Ok(None),
         }
     }
 
     fn meta_by_seq(&self, seq: CdrSeq) -> Result<Option<CdrMeta>> {
-        match self.cdrs.get(be(seq)).map_err(sled_err("read cdr"))? {
+        let t = self.t()?;
+        match t.cdrs.get(be(seq)).map_err(self.sled_err("read cdr"))? {
             Some(bytes) => Ok(Some(decode_meta(&bytes)?)),
             None => Ok(None),
         }
@@ -587,8 +704,13 @@ impl Journal {
     /// Whether every CDR with these content ids is journaled and has no
     /// open delivery. Used at start-up for files in `.inflight/`.
     pub fn cdrs_finished_by_ids(&self, cdrs: &[Cdr]) -> Result<bool> {
+        let t = self.t()?;
         for cdr in cdrs {
-            let Some(seq) = self.cdr_ids.get(&cdr.id).map_err(sled_err("read cdr id"))? else {
+            let Some(seq) = t
+                .cdr_ids
+                .get(&cdr.id)
+                .map_err(self.sled_err("read cdr id"))?
+            else {
                 return Ok(false);
             };
             if !self.cdr_finished(id_from(&seq))? {
@@ -600,11 +722,12 @@ impl Journal {
 
     /// Whether every CDR with these content ids is journaled.
     pub fn knows_all(&self, cdrs: &[Cdr]) -> Result<bool> {
+        let t = self.t()?;
         for cdr in cdrs {
-            if !self
+            if !t
                 .cdr_ids
                 .contains_key(&cdr.id)
-                .map_err(sled_err("read cdr id"))?
+                .map_err(self.sled_err("read cdr id"))?
             {
                 return Ok(false);
             }
@@ -614,6 +737,7 @@ impl Journal {
 
     /// Journals a CDR that did not come from the spool (the test webhook).
     pub fn put_cdr(&self, cdr: &Cdr) -> Result<CdrMeta> {
+        let t = self.t()?;
         let _guard = self.lock_writes();
         if let Some(stored) = self.cdr(&cdr.id)? {
             return Ok(stored.meta);
@@ -627,20 +751,21 @@ impl Journal {
             deliveries: Vec::new(),
             files: Vec::new(),
         };
-        self.cdrs
+        t.cdrs
             .insert(be(meta.seq), encode_cdr(&meta, &cdr.body)?)
-            .map_err(sled_err("write cdr"))?;
-        self.cdr_ids
+            .map_err(self.sled_err("write cdr"))?;
+        t.cdr_ids
             .insert(cdr.id.as_bytes(), &be(meta.seq))
-            .map_err(sled_err("write cdr id"))?;
+            .map_err(self.sled_err("write cdr id"))?;
         Ok(meta)
     }
 
     pub fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
         match self
+            .t()?
             .deliveries
             .get(be(id))
-            .map_err(sled_err("read delivery"))?
+            .map_err(self.sled_err("read delivery"))?
         {
             Some(v) => Ok(Some(
                 serde_json::from_slice(&v).map_err(corrupt("delivery"))?,
@@ -658,8 +783,9 @@ impl Journal {
         sub: &str,
         origin: Trigger,
     ) -> Result<(Delivery, bool)> {
+        let t = self.t()?;
         let _guard = self.lock_writes();
-        let Some(bytes) = self.cdrs.get(be(cdr.seq)).map_err(sled_err("read cdr"))? else {
+        let Some(bytes) = t.cdrs.get(be(cdr.seq)).map_err(self.sled_err("read cdr"))? else {
             return Err(JournalError::Sled {
                 context: "ensure delivery",
                 source: sled::Error::ReportableBug(format!("CDR {} vanished", cdr.id)),
@@ -674,9 +800,9 @@ impl Journal {
         let d = self.create_delivery(&stored.meta, sub, origin, now_ms())?;
         stored.meta.deliveries.retain(|(s, _)| s != sub);
         stored.meta.deliveries.push((sub.to_string(), d.id));
-        self.cdrs
+        t.cdrs
             .insert(be(cdr.seq), encode_cdr(&stored.meta, &stored.body)?)
-            .map_err(sled_err("write cdr"))?;
+            .map_err(self.sled_err("write cdr"))?;
         Ok((d, true))
     }
 
@@ -688,9 +814,10 @@ impl Journal {
         sub: Option<&str>,
         since_ms: Option<u64>,
     ) -> Result<Vec<Delivery>> {
+        let t = self.t()?;
         let mut out = Vec::new();
-        for item in self.deliveries.iter() {
-            let (_, v) = item.map_err(sled_err("scan deliveries"))?;
+        for item in t.deliveries.iter() {
+            let (_, v) = item.map_err(self.sled_err("scan deliveries"))?;
             let d: Delivery = serde_json::from_slice(&v).map_err(corrupt("delivery"))?;
             let failed = matches!(d.state, State::Dead | State::Retrying);
             let sub_ok = sub.is_none_or(|s| s == d.subscription);
@@ -706,18 +833,19 @@ impl Journal {
     /// in-flight files that are now finished (every delivery of every CDR in
     /// them ended).
     pub fn record_attempt(&self, updated: &Delivery, attempt: &Attempt) -> Result<Vec<String>> {
+        let t = self.t()?;
         let _guard = self.lock_writes();
         let old = self.delivery(updated.id)?;
         let mut new = updated.clone();
         if !new.attempt_ids.contains(&attempt.id) {
             new.attempt_ids.push(attempt.id);
         }
-        self.attempts
+        t.attempts
             .insert(
                 be(attempt.id),
                 serde_json::to_vec(attempt).map_err(corrupt("encode attempt"))?,
             )
-            .map_err(sled_err("write attempt"))?;
+            .map_err(self.sled_err("write attempt"))?;
         self.write_delivery(old.as_ref(), &new)?;
         self.note_result(&new.subscription, attempt)?;
         let was_open = old.as_ref().is_none_or(|o| o.state.is_open());
@@ -729,6 +857,7 @@ impl Journal {
     }
 
     fn note_result(&self, sub: &str, attempt: &Attempt) -> Result<()> {
+        let t = self.t()?;
         let snapshot = {
             let mut counts = self.lock_counts();
             let c = counts.entry(sub.to_string()).or_default();
@@ -759,12 +888,12 @@ impl Journal {
                 ..SubCounts::default()
             }
         };
-        self.sub_last
+        t.sub_last
             .insert(
                 sub.as_bytes(),
                 serde_json::to_vec(&snapshot).map_err(corrupt("encode sub_last"))?,
             )
-            .map_err(sled_err("write sub_last"))?;
+            .map_err(self.sled_err("write sub_last"))?;
         Ok(())
     }
 
@@ -809,9 +938,10 @@ impl Journal {
 
     pub fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
         match self
+            .t()?
             .attempts
             .get(be(id))
-            .map_err(sled_err("read attempt"))?
+            .map_err(self.sled_err("read attempt"))?
         {
             Some(v) => Ok(Some(
                 serde_json::from_slice(&v).map_err(corrupt("attempt"))?,
@@ -833,9 +963,10 @@ impl Journal {
 
     /// Attempt history, newest first.
     pub fn attempts(&self, f: &AttemptFilter) -> Result<Vec<Attempt>> {
+        let t = self.t()?;
         let mut out = Vec::new();
-        for item in self.attempts.iter().rev() {
-            let (_, v) = item.map_err(sled_err("scan attempts"))?;
+        for item in t.attempts.iter().rev() {
+            let (_, v) = item.map_err(self.sled_err("scan attempts"))?;
             let a: Attempt = serde_json::from_slice(&v).map_err(corrupt("attempt"))?;
             // Ids are taken when an attempt ends, times when it starts: a slow
             // attempt can carry an older time than later ids. Skip attempts
@@ -868,9 +999,10 @@ impl Journal {
 
     /// CDRs journaled at or after `since_ms`, oldest first (metadata only).
     pub fn cdrs_since(&self, since_ms: u64) -> Result<Vec<CdrMeta>> {
+        let t = self.t()?;
         let mut out = Vec::new();
-        for item in self.cdrs.iter().rev() {
-            let (_, v) = item.map_err(sled_err("scan cdrs"))?;
+        for item in t.cdrs.iter().rev() {
+            let (_, v) = item.map_err(self.sled_err("scan cdrs"))?;
             let meta = decode_meta(&v)?;
             if meta.received_ms < since_ms {
                 break;
@@ -886,9 +1018,10 @@ impl Journal {
     /// pruned. At most `max` CDRs are examined per call, so that a large
     /// backlog of old records does not stall the daemon.
     pub fn prune(&self, cutoff_ms: u64, max: usize) -> Result<PruneStats> {
+        let t = self.t()?;
         let mut stats = PruneStats::default();
-        for item in self.cdrs.iter().take(max) {
-            let (key, v) = item.map_err(sled_err("scan cdrs"))?;
+        for item in t.cdrs.iter().take(max) {
+            let (key, v) = item.map_err(self.sled_err("scan cdrs"))?;
             let meta = decode_meta(&v)?;
             if meta.received_ms >= cutoff_ms {
                 break;
@@ -908,24 +1041,24 @@ impl Journal {
             }
             for d in &deliveries {
                 for &a in &d.attempt_ids {
-                    self.attempts
+                    t.attempts
                         .remove(be(a))
-                        .map_err(sled_err("prune attempt"))?;
+                        .map_err(self.sled_err("prune attempt"))?;
                     stats.attempts += 1;
                 }
-                self.deliveries
+                t.deliveries
                     .remove(be(d.id))
-                    .map_err(sled_err("prune delivery"))?;
+                    .map_err(self.sled_err("prune delivery"))?;
                 self.lock_counts()
                     .entry(d.subscription.clone())
                     .or_default()
                     .adjust(d.state, false);
                 stats.deliveries += 1;
             }
-            self.cdr_ids
+            t.cdr_ids
                 .remove(meta.id.as_bytes())
-                .map_err(sled_err("prune cdr id"))?;
-            self.cdrs.remove(key).map_err(sled_err("prune cdr"))?;
+                .map_err(self.sled_err("prune cdr id"))?;
+            t.cdrs.remove(key).map_err(self.sled_err("prune cdr"))?;
             stats.cdrs += 1;
         }
         Ok(stats)
@@ -933,7 +1066,10 @@ impl Journal {
 
     /// Approximate size on disk, for status.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.t()
+            .ok()
+            .and_then(|t| t.db.size_on_disk().ok())
+            .unwrap_or(0)
     }
 }
 

@@ -238,7 +238,9 @@ async fn start(
     // inotify does not work (some network mounts), and for the tests that
     // prove the rescan catches what the watcher misses.
     let watch = if std::env::var_os("CDRHOOK_NO_SPOOL_WATCH").is_some_and(|v| v == "1") {
-        Err(notify::Error::generic("disabled by CDRHOOK_NO_SPOOL_WATCH=1"))
+        Err(notify::Error::generic(
+            "disabled by CDRHOOK_NO_SPOOL_WATCH=1",
+        ))
     } else {
         spool::watch(&cfg.spool.dir, spool_tx.clone())
     };

@@ -177,6 +177,7 @@ impl Spool {
         }
         self.rescan();
         loop {
+            self.heal_journal();
             self.take_in_batch();
             let timeout = self.next_timeout();
             let msg = if self.queue.is_empty() || self.journal_retry_at.is_some() {
@@ -217,6 +218,41 @@ impl Spool {
             }
             if self.journal_retry_at.is_some_and(|at| at <= now) {
                 self.journal_retry_at = None;
+            }
+        }
+    }
+
+    /// After an I/O error (a full disk) sled refuses every write until it
+    /// is opened again: reopen the journal at the intake's retry times, and
+    /// queue again the deliveries it finds open (writes not yet flushed at
+    /// the error are lost, and attempts that could not be journaled meanwhile
+    /// were dropped by their workers).
+    fn heal_journal(&mut self) {
+        if !self.journal.is_broken() || self.journal_retry_at.is_some() {
+            return;
+        }
+        match self.journal.heal() {
+            Ok(None) => {}
+            Ok(Some(open)) => {
+                log::warn!(
+                    "journal reopened after an I/O error; {} open deliveries",
+                    open.len()
+                );
+                let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
+                for d in open {
+                    by_sub
+                        .entry(d.subscription)
+                        .or_default()
+                        .push((d.id, d.retry_at_ms));
+                }
+                for (sub, items) in by_sub {
+                    self.dispatcher.requeue(&sub, items);
+                }
+            }
+            Err(e) => {
+                log::error!("spool: cannot reopen the journal yet: {e}");
+                self.journal_retry_at = Some(Instant::now() + self.journal_backoff);
+                self.journal_backoff = (self.journal_backoff * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -54,14 +54,18 @@ pub fn build_agent(cfg: &DeliveryConfig) -> Result<ureq::Agent, String> {
         RootCerts::new_with_certs(&roots)
     };
     let tls = TlsConfig::builder().root_certs(root_certs).build();
-    Ok(ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .timeout_global(Some(cfg.timeout))
         .http_status_as_error(false)
         .max_redirects(0)
         .user_agent(USER_AGENT)
         .tls_config(tls)
-        .build()
-        .new_agent())
+        .build();
+    Ok(ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::new(),
+        super::resolve::CachingResolver::default(),
+    ))
 }
 
 pub struct Outgoing<'a> {

@@ -14,9 +14,10 @@
 //! without holding back the others.
 
 pub mod http;
+mod resolve;
 pub mod sign;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -65,6 +66,9 @@ enum Msg {
     },
     /// Settings changed (concurrency): look at the queue again.
     Wake,
+    /// Open deliveries found when the journal was reopened: queue those
+    /// the worker does not already hold.
+    Requeue(Vec<(DeliveryId, Option<u64>)>),
 }
 
 /// Routes work to the per-subscription workers, creating them as needed.
@@ -138,6 +142,14 @@ impl Dispatcher {
         }
     }
 
+    /// Like `enqueue`, skipping deliveries the worker already holds (queued
+    /// or in flight): after the journal was reopened.
+    pub fn requeue(&self, sub: &str, items: Vec<(DeliveryId, Option<u64>)>) {
+        if !items.is_empty() {
+            self.send(sub, Msg::Requeue(items));
+        }
+    }
+
     /// One attempt now. The request is queued before this returns; the
     /// future resolves with its result.
     pub fn once(
@@ -190,7 +202,7 @@ impl Dispatcher {
 struct Done {
     id: DeliveryId,
     trigger: Trigger,
-    result: Result<Finished, String>,
+    result: Result<Finished, AttemptError>,
     reply: Option<oneshot::Sender<OnceResult>>,
 }
 
@@ -199,6 +211,8 @@ struct Finished {
     state: State,
     next_at_ms: Option<u64>,
     endpoint_failing: bool,
+    /// The next attempt waits for the endpoint's `Retry-After`.
+    retry_after: bool,
     skipped: bool,
 }
 
@@ -210,8 +224,13 @@ struct Worker {
     /// (due ms, id), with `retry_at` as its reverse index.
     retry: BTreeSet<(u64, DeliveryId)>,
     retry_at: HashMap<DeliveryId, u64>,
+    /// Retrying deliveries whose wait an endpoint's `Retry-After` asked
+    /// for: a release does not send them before it.
+    pinned: HashSet<DeliveryId>,
     requests: VecDeque<(DeliveryId, Trigger, Option<oneshot::Sender<OnceResult>>)>,
     in_flight: JoinSet<Done>,
+    /// The deliveries of `in_flight`.
+    in_flight_ids: HashSet<DeliveryId>,
     failing: bool,
     rng: u64,
 }
@@ -226,8 +245,10 @@ impl Worker {
             ready: VecDeque::new(),
             retry: BTreeSet::new(),
             retry_at: HashMap::new(),
+            pinned: HashSet::new(),
             requests: VecDeque::new(),
             in_flight: JoinSet::new(),
+            in_flight_ids: HashSet::new(),
             failing: false,
             rng: seed | 1,
         }
@@ -307,6 +328,24 @@ impl Worker {
                 self.requests.push_back((id, trigger, reply));
             }
             Msg::Wake => {}
+            Msg::Requeue(items) => {
+                let mut held: HashSet<DeliveryId> = self.ready.iter().copied().collect();
+                held.extend(self.retry_at.keys().copied());
+                held.extend(self.in_flight_ids.iter().copied());
+                held.extend(self.requests.iter().map(|(id, _, _)| *id));
+                let new: Vec<_> = items
+                    .into_iter()
+                    .filter(|(id, _)| !held.contains(id))
+                    .collect();
+                if !new.is_empty() {
+                    log::info!(
+                        "subscription {}: {} deliveries queued again",
+                        self.name,
+                        new.len()
+                    );
+                }
+                self.handle(Msg::Enqueue(new));
+            }
         }
     }
 
@@ -322,6 +361,7 @@ impl Worker {
     }
 
     fn unschedule(&mut self, id: DeliveryId) {
+        self.pinned.remove(&id);
         if let Some(at) = self.retry_at.remove(&id) {
             self.retry.remove(&(at, id));
         }
@@ -386,6 +426,7 @@ impl Worker {
         let ctx = self.ctx.clone();
         let sub = sub.clone();
         let jitter = self.next_random();
+        self.in_flight_ids.insert(id);
         self.in_flight.spawn_blocking(move || {
             let result = attempt(&ctx, &sub, id, trigger, jitter);
             Done {
@@ -404,6 +445,7 @@ impl Worker {
             result,
             reply,
         } = done;
+        self.in_flight_ids.remove(&id);
         match &result {
             Ok(f) if f.skipped => {}
             Ok(f) => {
@@ -426,26 +468,48 @@ impl Worker {
                 }
                 match (f.state, f.next_at_ms) {
                     (State::Retrying, Some(at)) if trigger == Trigger::Auto => {
-                        self.schedule_retry(id, at)
+                        self.schedule_retry(id, at);
+                        if f.retry_after {
+                            self.pinned.insert(id);
+                        } else {
+                            self.pinned.remove(&id);
+                        }
                     }
                     (State::Delivered | State::Dead, _) => self.unschedule(id),
                     _ => {}
                 }
             }
-            Err(e) => log::error!("subscription {}: delivery d{id}: {e}", self.name),
+            Err(e) => {
+                log::error!("subscription {}: delivery d{id}: {}", self.name, e.message);
+                // The journal failed. If it is broken (a full disk), the
+                // delivery stays open in it and is queued again when the
+                // spool reopens it; if that has happened already, retry.
+                if e.journal && trigger == Trigger::Auto && !self.ctx.journal.is_broken() {
+                    self.schedule_retry(id, now_ms() + 1000);
+                }
+            }
         }
         if let Some(reply) = reply {
-            let _ = reply.send(result.map(|f| f.attempt));
+            let _ = reply.send(result.map(|f| f.attempt).map_err(|e| e.message));
         }
     }
 
     /// The endpoint answers again: what waited behind the failure goes now,
-    /// in due order, instead of at each one's (possibly hours away) retry.
+    /// in due order, instead of at each one's (possibly hours away) retry;
+    /// except a delivery the endpoint told when to come back (`Retry-After`),
+    /// which keeps its time.
     fn release(&mut self) {
-        let waiting: Vec<DeliveryId> = self.retry.iter().map(|&(_, id)| id).collect();
-        self.retry.clear();
-        self.retry_at.clear();
-        for id in waiting.into_iter().rev() {
+        let waiting: Vec<(u64, DeliveryId)> = self
+            .retry
+            .iter()
+            .filter(|(_, id)| !self.pinned.contains(id))
+            .copied()
+            .collect();
+        for (at, id) in &waiting {
+            self.retry.remove(&(*at, *id));
+            self.retry_at.remove(id);
+        }
+        for (_, id) in waiting.into_iter().rev() {
             self.ready.push_front(id);
         }
     }
@@ -498,17 +562,22 @@ fn attempt(
     id: DeliveryId,
     trigger: Trigger,
     random: u64,
-) -> Result<Finished, String> {
+) -> Result<Finished, AttemptError> {
     let journal = &ctx.journal;
-    let Some(mut d) = journal.delivery(id).map_err(|e| e.to_string())? else {
-        return Err(format!("delivery d{id} is not in the journal"));
+    let Some(mut d) = journal.delivery(id).map_err(journal_failed)? else {
+        return Err(AttemptError::gone(format!(
+            "delivery d{id} is not in the journal"
+        )));
     };
     if trigger == Trigger::Auto && !d.state.is_open() {
         // Ended meanwhile (a resend succeeded): nothing to do.
         return Ok(skipped(&d));
     }
-    let Some(cdr) = journal.cdr_by_seq(d.cdr_seq).map_err(|e| e.to_string())? else {
-        return Err(format!("CDR {} of d{id} is not in the journal", d.cdr_id));
+    let Some(cdr) = journal.cdr_by_seq(d.cdr_seq).map_err(journal_failed)? else {
+        return Err(AttemptError::gone(format!(
+            "CDR {} of d{id} is not in the journal",
+            d.cdr_id
+        )));
     };
     let number = d.attempts + 1;
     let outcome = http::send(
@@ -528,7 +597,7 @@ fn attempt(
         (t, _) => t,
     };
     let attempt = Attempt {
-        id: journal.next_id().map_err(|e| e.to_string())?,
+        id: journal.next_id().map_err(journal_failed)?,
         delivery_id: id,
         time_ms: outcome.time_ms,
         subscription: d.subscription.clone(),
@@ -588,17 +657,41 @@ fn attempt(
     }
     let finished_files = journal
         .record_attempt(&d, &attempt)
-        .map_err(|e| e.to_string())?;
+        .map_err(journal_failed)?;
     if !finished_files.is_empty() {
         (ctx.files_finished)(finished_files);
     }
     Ok(Finished {
         endpoint_failing: !ok && outcome.endpoint_failing(),
+        retry_after: d.state == State::Retrying && outcome.retry_after.is_some(),
         state: d.state,
         next_at_ms: d.next_at_ms,
         attempt,
         skipped: false,
     })
+}
+
+/// Why an attempt could not be made or journaled.
+struct AttemptError {
+    message: String,
+    /// The journal failed (as opposed to: the delivery is gone from it).
+    journal: bool,
+}
+
+impl AttemptError {
+    fn gone(message: String) -> AttemptError {
+        AttemptError {
+            message,
+            journal: false,
+        }
+    }
+}
+
+fn journal_failed(e: crate::journal::JournalError) -> AttemptError {
+    AttemptError {
+        message: e.to_string(),
+        journal: true,
+    }
 }
 
 fn skipped(d: &Delivery) -> Finished {
@@ -623,6 +716,7 @@ fn skipped(d: &Delivery) -> Finished {
         state: d.state,
         next_at_ms: None,
         endpoint_failing: false,
+        retry_after: false,
         skipped: true,
     }
 }
