@@ -286,8 +286,9 @@ fn a_file_over_max_file_size_is_rejected() {
     dir.drop_file("big.json", &big);
     let small = br#"{"QueueId":"q","CallId":"small"}"#;
     assert!(small.len() <= 100);
-    wait_for(DEADLINE, "big.json.reason", || {
-        dir.rejected().join("big.json.reason").exists()
+    // The reason is written before the file appears beside it.
+    wait_for(DEADLINE, "big.json in rejected/", || {
+        dir.rejected().join("big.json").exists()
     });
     let reason = reason_of(&dir, "big.json");
     assert!(reason.contains("max_file_size"), "{reason}");
@@ -317,8 +318,8 @@ fn a_symbolic_link_is_never_followed() {
     symlink(&target, &staged).expect("create a symlink");
     fs::rename(&staged, dir.spool().join("link.json")).expect("rename the symlink");
 
-    wait_for(DEADLINE, "link.json.reason in rejected/", || {
-        dir.rejected().join("link.json.reason").exists()
+    wait_for(DEADLINE, "link.json in rejected/", || {
+        fs::symlink_metadata(dir.rejected().join("link.json")).is_ok()
     });
     let reason = reason_of(&dir, "link.json");
     assert!(reason.contains("symbolic link"), "{reason}");
@@ -624,8 +625,8 @@ fn a_rejected_name_never_overwrites_an_earlier_rejected_file() {
     let daemon = Daemon::start(&dir);
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
     drop_file_with_mtime(&dir.spool(), "bad.json", b"{ first", old);
-    wait_for(DEADLINE, "bad.json.reason", || {
-        dir.rejected().join("bad.json.reason").exists()
+    wait_for(DEADLINE, "bad.json in rejected/", || {
+        dir.rejected().join("bad.json").exists()
     });
     drop_file_with_mtime(&dir.spool(), "bad.json", b"[ second", old);
     wait_for(DEADLINE, "a second rejected bad.json", || {

@@ -18,6 +18,7 @@ mod resolve;
 pub mod sign;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -198,6 +199,19 @@ impl Dispatcher {
     }
 }
 
+/// At most this many deliveries go to one blocking thread in one hand-off
+/// while a backlog drains: one hand-off per attempt would cost more in
+/// thread wake-ups than the attempt itself on a fast endpoint.
+const MAX_BATCH: usize = 16;
+
+/// What a blocking thread hands back: the attempts it made, and the
+/// deliveries of its batch it did not start (the endpoint began failing, or
+/// the daemon is stopping), in their queue order.
+struct Batch {
+    done: Vec<Done>,
+    unstarted: Vec<DeliveryId>,
+}
+
 /// What a finished attempt tells the worker.
 struct Done {
     id: DeliveryId,
@@ -228,7 +242,9 @@ struct Worker {
     /// for: a release does not send them before it.
     pinned: HashSet<DeliveryId>,
     requests: VecDeque<(DeliveryId, Trigger, Option<oneshot::Sender<OnceResult>>)>,
-    in_flight: JoinSet<Done>,
+    in_flight: JoinSet<Batch>,
+    /// Set when the daemon stops: batches end after their current attempt.
+    stopping: Arc<AtomicBool>,
     /// The deliveries of `in_flight`.
     in_flight_ids: HashSet<DeliveryId>,
     failing: bool,
@@ -248,6 +264,7 @@ impl Worker {
             pinned: HashSet::new(),
             requests: VecDeque::new(),
             in_flight: JoinSet::new(),
+            stopping: Arc::new(AtomicBool::new(false)),
             in_flight_ids: HashSet::new(),
             failing: false,
             rng: seed | 1,
@@ -270,7 +287,15 @@ impl Worker {
                 },
                 Some(joined) = self.in_flight.join_next(), if !self.in_flight.is_empty() => {
                     match joined {
-                        Ok(done) => self.complete(done),
+                        Ok(batch) => {
+                            for done in batch.done {
+                                self.complete(done);
+                            }
+                            for id in batch.unstarted.into_iter().rev() {
+                                self.in_flight_ids.remove(&id);
+                                self.ready.push_front(id);
+                            }
+                        }
                         Err(e) => log::error!("{}: delivery task failed: {e}", self.name),
                     }
                 }
@@ -278,6 +303,7 @@ impl Worker {
                 changed = stop.changed(), if !stopping => {
                     if changed.is_err() || *stop.borrow() {
                         stopping = true;
+                        self.stopping.store(true, Ordering::SeqCst);
                     }
                 }
             }
@@ -392,12 +418,12 @@ impl Worker {
         let limit = self.ctx.settings().concurrency.max(1);
         while self.in_flight.len() < limit {
             if let Some((id, trigger, reply)) = self.requests.pop_front() {
-                self.start(&sub, id, trigger, reply);
+                self.start(&sub, vec![(id, trigger, reply)]);
                 continue;
             }
-            let next = if self.failing {
+            if self.failing {
                 // One probe at a time; the queue waits behind the retry.
-                if !self.in_flight.is_empty() {
+                let probe = if !self.in_flight.is_empty() {
                     None
                 } else if let Some(id) = self.pop_due_retry() {
                     Some(id)
@@ -405,36 +431,68 @@ impl Worker {
                     self.ready.pop_front()
                 } else {
                     None
+                };
+                match probe {
+                    Some(id) => self.start(&sub, vec![(id, Trigger::Auto, None)]),
+                    None => break,
                 }
-            } else {
-                self.pop_due_retry().or_else(|| self.ready.pop_front())
-            };
-            match next {
-                Some(id) => self.start(&sub, id, Trigger::Auto, None),
-                None => break,
+                continue;
             }
+            if let Some(id) = self.pop_due_retry() {
+                self.start(&sub, vec![(id, Trigger::Auto, None)]);
+                continue;
+            }
+            if self.ready.is_empty() {
+                break;
+            }
+            // Share the backlog between the free slots, a batch each.
+            let free = limit - self.in_flight.len();
+            let size = self.ready.len().div_ceil(free).clamp(1, MAX_BATCH);
+            let jobs = self
+                .ready
+                .drain(..size)
+                .map(|id| (id, Trigger::Auto, None))
+                .collect();
+            self.start(&sub, jobs);
         }
     }
 
+    /// Runs `jobs` one after the other on a blocking thread.
+    #[allow(clippy::type_complexity)]
     fn start(
         &mut self,
         sub: &Arc<Subscription>,
-        id: DeliveryId,
-        trigger: Trigger,
-        reply: Option<oneshot::Sender<OnceResult>>,
+        jobs: Vec<(DeliveryId, Trigger, Option<oneshot::Sender<OnceResult>>)>,
     ) {
         let ctx = self.ctx.clone();
         let sub = sub.clone();
-        let jitter = self.next_random();
-        self.in_flight_ids.insert(id);
+        let stopping = self.stopping.clone();
+        let mut jobs: Vec<_> = jobs
+            .into_iter()
+            .map(|job| (job, self.next_random()))
+            .collect();
+        self.in_flight_ids
+            .extend(jobs.iter().map(|((id, _, _), _)| *id));
         self.in_flight.spawn_blocking(move || {
-            let result = attempt(&ctx, &sub, id, trigger, jitter);
-            Done {
-                id,
-                trigger,
-                result,
-                reply,
+            let mut done = Vec::with_capacity(jobs.len());
+            let mut rest = jobs.drain(..);
+            for ((id, trigger, reply), jitter) in rest.by_ref() {
+                let result = attempt(&ctx, &sub, id, trigger, jitter);
+                // The endpoint started failing: the rest of the batch goes
+                // back to the queue, behind the gate.
+                let failing = matches!(&result, Ok(f) if f.endpoint_failing);
+                done.push(Done {
+                    id,
+                    trigger,
+                    result,
+                    reply,
+                });
+                if failing || stopping.load(Ordering::SeqCst) {
+                    break;
+                }
             }
+            let unstarted = rest.map(|((id, _, _), _)| id).collect();
+            Batch { done, unstarted }
         });
     }
 
