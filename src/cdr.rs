@@ -151,16 +151,10 @@ pub fn parse_file(bytes: &[u8]) -> Result<Vec<Cdr>, Rejection> {
             .map(|(i, raw)| classify(raw.get(), Some(i)))
             .collect()
     } else {
-        // Validate the whole document first so that trailing garbage is an
-        // error, then keep the file's exact bytes (SPEC §4: the same bytes,
-        // less any BOM), trailing newline included.
-        let raw: &RawValue = serde_json::from_str(text).map_err(json_error)?;
-        let cdr = classify(raw.get(), None)?;
-        Ok(vec![Cdr {
-            id: cdr_id(bytes),
-            body: bytes.to_vec(),
-            ..cdr
-        }])
+        // One pass validates the whole document (trailing garbage is an
+        // error) and finds the few properties we need; the body is the
+        // file's exact bytes (SPEC §4: the same bytes, less any BOM).
+        Ok(vec![classify(text, None)?])
     }
 }
 
@@ -183,6 +177,8 @@ fn strip_position(message: &str) -> String {
 fn classify(raw: &str, index: Option<usize>) -> Result<Cdr, Rejection> {
     let first = raw.trim_start().chars().next();
     if first != Some('{') {
+        // Invalid JSON is reported as such, not as "not an object".
+        serde_json::from_str::<IgnoredAny>(raw).map_err(json_error)?;
         let found = match first {
             Some('[') => "an array",
             Some('"') => "a string",

@@ -15,7 +15,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use crate::cdr::{parse_file, Rejection};
 use crate::config::{AfterIngest, Config, SpoolConfig};
 use crate::delivery::Dispatcher;
-use crate::journal::{IngestFile, Journal};
+use crate::journal::{IngestFile, IngestOutcome, Journal};
 use crate::reload::LiveConfig;
 use crate::time::{now_ms, rfc3339};
 
@@ -123,6 +123,17 @@ pub struct Spool {
     /// Set while the journal cannot be written: no intake until then.
     journal_retry_at: Option<Instant>,
     journal_backoff: Duration,
+    /// Journaled batches on their way into `.inflight/` (see `move_batches`).
+    mover: Option<(mpsc::SyncSender<Journaled>, std::thread::JoinHandle<()>)>,
+    /// Names of files journaled but not yet moved: not to be read again.
+    in_transit: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A batch that is journaled and flushed: its files can move into
+/// `.inflight/` and its deliveries can start.
+struct Journaled {
+    files: Vec<(String, IngestFile)>,
+    outcome: IngestOutcome,
 }
 
 enum Taken {
@@ -150,6 +161,8 @@ impl Spool {
             next_rescan: Instant::now(),
             journal_retry_at: None,
             journal_backoff: Duration::from_millis(500),
+            mover: None,
+            in_transit: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -172,6 +185,32 @@ impl Spool {
 
     /// Runs until `SpoolMsg::Stop`.
     pub fn run(mut self) {
+        // Moving files and starting deliveries runs beside intake, so that
+        // the next batch is read and journaled while this one moves. The
+        // bound keeps at most a few batches in memory.
+        let (tx, rx) = mpsc::sync_channel::<Journaled>(2);
+        let (dispatcher, live, in_transit) = (
+            self.dispatcher.clone(),
+            self.live.clone(),
+            self.in_transit.clone(),
+        );
+        match std::thread::Builder::new()
+            .name("spool-move".into())
+            .spawn(move || move_batches(rx, &dispatcher, &live, &in_transit))
+        {
+            Ok(handle) => self.mover = Some((tx, handle)),
+            Err(e) => {
+                log::error!("spool: no mover thread ({e}); moving files on the intake thread")
+            }
+        }
+        self.run_loop();
+        if let Some((tx, handle)) = self.mover.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+
+    fn run_loop(&mut self) {
         if let Err(e) = self.recover_inflight() {
             log::error!("spool: recovering {}: {e}", INFLIGHT);
         }
@@ -333,6 +372,9 @@ impl Spool {
                 break;
             };
             self.queued.remove(&name);
+            if lock(&self.in_transit).contains(&name) {
+                continue;
+            }
             match read_candidate(&cfg.spool, &name) {
                 Taken::Parsed(file) => {
                     names.push(name);
@@ -369,33 +411,30 @@ impl Spool {
             }
         };
         self.journal_backoff = Duration::from_millis(500);
-        let inflight = inflight_dir(&cfg.spool);
-        for (file, name) in parsed.iter().zip(&names) {
-            let from = cfg.spool.dir.join(name);
-            let to = inflight.join(&file.inflight_name);
-            if let Err(e) = fs::rename(&from, &to) {
-                // Journaled already, so nothing is lost: the next scan finds
-                // the file again, and the journal recognises its CDRs.
-                log::error!("spool: {name}: cannot move into {INFLIGHT}: {e}");
-                continue;
-            }
-            log::info!(
-                "took in {name}: {} CDR(s) {}",
-                file.cdrs.len(),
-                file.cdrs
-                    .iter()
-                    .map(|c| format!("{} {}", c.event_type, c.call_id.as_deref().unwrap_or("-")))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-        }
         if outcome.unmatched_cdrs > 0 {
             log::info!(
                 "{} CDR(s) matched no active subscription; journaled for replay",
                 outcome.unmatched_cdrs
             );
         }
-        self.dispatch(outcome);
+        let batch = Journaled {
+            files: names.into_iter().zip(parsed).collect(),
+            outcome,
+        };
+        match &self.mover {
+            Some((tx, _)) => {
+                lock(&self.in_transit).extend(batch.files.iter().map(|(n, _)| n.clone()));
+                if let Err(mpsc::SendError(batch)) = tx.send(batch) {
+                    move_batch(
+                        batch,
+                        &self.dispatcher,
+                        &self.live.get().spool,
+                        &self.in_transit,
+                    );
+                }
+            }
+            None => move_batch(batch, &self.dispatcher, &cfg.spool, &self.in_transit),
+        }
     }
 
     fn finish(&self, inflight_name: &str) {
@@ -419,8 +458,8 @@ impl Spool {
         for name in names {
             let path = dir.join(&name);
             let parsed = match read_limited(&path, cfg.spool.max_file_size) {
-                Ok(Ok(bytes)) => parse_file(&bytes),
-                Ok(Err(why)) => Err(why),
+                Ok((_, Ok(bytes))) => parse_file(&bytes),
+                Ok((_, Err(why))) => Err(why),
                 Err(e) => {
                     log::error!("spool: {INFLIGHT}/{name}: {e}");
                     continue;
@@ -470,18 +509,74 @@ impl Spool {
         Ok(())
     }
 
-    /// Hands new deliveries to their workers and lets finished files go.
-    fn dispatch(&mut self, outcome: crate::journal::IngestOutcome) {
-        let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
-        for (sub, id) in outcome.new_deliveries {
-            by_sub.entry(sub).or_default().push((id, None));
+    fn dispatch(&mut self, outcome: IngestOutcome) {
+        dispatch(&self.dispatcher, &self.config().spool, outcome);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The mover thread: each journaled batch's files go into `.inflight/`,
+/// then its deliveries start.
+fn move_batches(
+    rx: mpsc::Receiver<Journaled>,
+    dispatcher: &Dispatcher,
+    live: &LiveConfig,
+    in_transit: &Mutex<HashSet<String>>,
+) {
+    for batch in rx {
+        move_batch(batch, dispatcher, &live.get().spool, in_transit);
+    }
+}
+
+fn move_batch(
+    batch: Journaled,
+    dispatcher: &Dispatcher,
+    spool: &SpoolConfig,
+    in_transit: &Mutex<HashSet<String>>,
+) {
+    let inflight = inflight_dir(spool);
+    for (name, file) in &batch.files {
+        let from = spool.dir.join(name);
+        let to = inflight.join(&file.inflight_name);
+        if let Err(e) = fs::rename(&from, &to) {
+            // Journaled already, so nothing is lost: the next scan finds
+            // the file again, and the journal recognises its CDRs.
+            log::error!("spool: {name}: cannot move into {INFLIGHT}: {e}");
+            continue;
         }
-        for (sub, ids) in by_sub {
-            self.dispatcher.enqueue(&sub, ids);
+        log::info!(
+            "took in {name}: {} CDR(s) {}",
+            file.cdrs.len(),
+            file.cdrs
+                .iter()
+                .map(|c| format!("{} {}", c.event_type, c.call_id.as_deref().unwrap_or("-")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    {
+        let mut moving = lock(in_transit);
+        for (name, _) in &batch.files {
+            moving.remove(name);
         }
-        for name in outcome.finished_files {
-            self.finish(&name);
-        }
+    }
+    dispatch(dispatcher, spool, batch.outcome);
+}
+
+/// Hands new deliveries to their workers and lets finished files go.
+fn dispatch(dispatcher: &Dispatcher, spool: &SpoolConfig, outcome: IngestOutcome) {
+    let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
+    for (sub, id) in outcome.new_deliveries {
+        by_sub.entry(sub).or_default().push((id, None));
+    }
+    for (sub, ids) in by_sub {
+        dispatcher.enqueue(&sub, ids);
+    }
+    for name in outcome.finished_files {
+        finish_file(spool, &name);
     }
 }
 
@@ -507,11 +602,18 @@ pub fn finish_file(spool: &SpoolConfig, inflight_name: &str) {
 /// `<16 hex of the file's SHA-256>-<original name>`: the same file always
 /// gets the same name (so a re-take after a crash is idempotent), and two
 /// files that reuse a name do not collide.
-fn inflight_name(original: &str, bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+fn inflight_name(original: &str, bytes: &[u8], cdrs: &[crate::cdr::Cdr]) -> String {
     let mut name = String::with_capacity(17 + original.len());
-    for b in &digest[..8] {
-        name.push_str(&format!("{b:02x}"));
+    match cdrs {
+        // A single object's id is already the hash of the file's bytes.
+        [only] if only.body.len() == bytes.len() && only.id.len() >= 20 => {
+            name.push_str(&only.id[4..20]);
+        }
+        _ => {
+            for b in &Sha256::digest(bytes)[..8] {
+                name.push_str(&format!("{b:02x}"));
+            }
+        }
     }
     name.push('-');
     // Keep within NAME_MAX with the prefix added.
@@ -530,31 +632,29 @@ fn original_name(inflight_name: &str) -> &str {
     }
 }
 
-/// Reads at most `max` bytes; a larger file is a rejection, not a read.
-fn read_limited(path: &Path, max: u64) -> io::Result<Result<Vec<u8>, Rejection>> {
+/// Opens without following a link and reads at most `max` bytes; a file
+/// that is larger, or not a regular file, is a rejection, not a read.
+fn read_limited(path: &Path, max: u64) -> io::Result<(fs::Metadata, Result<Vec<u8>, Rejection>)> {
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
-        return Ok(Err(Rejection::NotRegularFile(kind_of(&meta))));
+        let kind = kind_of(&meta);
+        return Ok((meta, Err(Rejection::NotRegularFile(kind))));
     }
     if meta.len() > max {
-        return Ok(Err(Rejection::TooLarge {
-            size: meta.len(),
-            max,
-        }));
+        let size = meta.len();
+        return Ok((meta, Err(Rejection::TooLarge { size, max })));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
-        return Ok(Err(Rejection::TooLarge {
-            size: bytes.len() as u64,
-            max,
-        }));
+        let size = bytes.len() as u64;
+        return Ok((meta, Err(Rejection::TooLarge { size, max })));
     }
-    Ok(Ok(bytes))
+    Ok((meta, Ok(bytes)))
 }
 
 fn kind_of(meta: &fs::Metadata) -> String {
@@ -578,44 +678,36 @@ fn kind_of(meta: &fs::Metadata) -> String {
 
 fn read_candidate(spool: &SpoolConfig, name: &str) -> Taken {
     let path = spool.dir.join(name);
-    // lstat: a symbolic link is judged as itself, never through its target.
-    let meta = match fs::symlink_metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Taken::Gone,
-        Err(e) => {
-            log::warn!("spool: {name}: {e}");
-            return Taken::Later(Instant::now() + SETTLE);
-        }
-    };
-    if !meta.is_file() {
-        return Taken::Rejected(Rejection::NotRegularFile(kind_of(&meta)));
-    }
-    let fresh_until = meta
-        .modified()
-        .ok()
-        .and_then(|m| m.checked_add(SETTLE))
-        .and_then(|until| until.duration_since(SystemTime::now()).ok())
-        .map(|left| Instant::now() + left);
-    let result = match read_limited(&path, spool.max_file_size) {
-        Ok(Ok(bytes)) => parse_file(&bytes).map(|cdrs| IngestFile {
-            inflight_name: inflight_name(name, &bytes),
-            cdrs,
-        }),
-        Ok(Err(why)) => Err(why),
+    // O_NOFOLLOW: a symbolic link is refused by open itself, never read
+    // through; fstat on the open file then judges what it is.
+    let (meta, read) = match read_limited(&path, spool.max_file_size) {
+        Ok(ok) => ok,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Taken::Gone,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            Err(Rejection::NotRegularFile("a symbolic link".to_string()))
+            return Taken::Rejected(Rejection::NotRegularFile("a symbolic link".to_string()))
         }
         Err(e) => {
             log::warn!("spool: {name}: cannot read: {e}");
             return Taken::Later(Instant::now() + SETTLE);
         }
     };
-    match result {
-        Ok(file) => Taken::Parsed(file),
+    let result = read.and_then(|bytes| {
+        parse_file(&bytes).map(|cdrs| IngestFile {
+            inflight_name: inflight_name(name, &bytes, &cdrs),
+            cdrs,
+        })
+    });
+    let fresh_until = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.checked_add(SETTLE))
+        .and_then(|until| until.duration_since(SystemTime::now()).ok())
+        .map(|left| Instant::now() + left);
+    match (result, fresh_until) {
+        (Ok(file), _) => Taken::Parsed(file),
         // A file modified moments ago may be a writer mid-way: look again.
-        Err(_) if fresh_until.is_some() => Taken::Later(fresh_until.unwrap_or_else(Instant::now)),
-        Err(why) => Taken::Rejected(why),
+        (Err(_), Some(at)) if meta.is_file() => Taken::Later(at),
+        (Err(why), _) => Taken::Rejected(why),
     }
 }
 
@@ -748,9 +840,16 @@ mod tests {
 
     #[test]
     fn inflight_names_are_stable_and_reversible() {
-        let a = inflight_name("x-1.json", b"{}");
-        assert_eq!(a, inflight_name("x-1.json", b"{}"));
-        assert_ne!(a, inflight_name("x-1.json", b"{ }"));
+        let one = br#"{"QueueId":1}"#;
+        let cdrs = crate::cdr::parse_file(one).expect("cdr");
+        let a = inflight_name("x-1.json", one, &cdrs);
+        let digest: String = Sha256::digest(one)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(a, format!("{digest}-x-1.json"), "same name either way");
+        assert_eq!(a, inflight_name("x-1.json", one, &[]));
+        assert_ne!(a, inflight_name("x-1.json", b"{ }", &[]));
         assert_eq!(original_name(&a), "x-1.json");
     }
 
@@ -781,7 +880,7 @@ mod tests {
         let err = read_limited(&link, 100).expect_err("O_NOFOLLOW refuses a link");
         assert_eq!(err.raw_os_error(), Some(libc::ELOOP));
         assert!(matches!(
-            read_limited(&target, 3).expect("io ok"),
+            read_limited(&target, 3).expect("io ok").1,
             Err(Rejection::TooLarge { .. })
         ));
     }

@@ -18,7 +18,7 @@ mod resolve;
 pub mod sign;
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -243,8 +243,10 @@ struct Worker {
     pinned: HashSet<DeliveryId>,
     requests: VecDeque<(DeliveryId, Trigger, Option<oneshot::Sender<OnceResult>>)>,
     in_flight: JoinSet<Batch>,
-    /// Set when the daemon stops: batches end after their current attempt.
-    stopping: Arc<AtomicBool>,
+    /// Bumped when the subscription changes (inactive, removed, edited) or
+    /// the daemon stops: a running batch ends after its current attempt and
+    /// hands the rest back, so nothing goes out on a stale definition.
+    epoch: Arc<AtomicU64>,
     /// The deliveries of `in_flight`.
     in_flight_ids: HashSet<DeliveryId>,
     failing: bool,
@@ -264,7 +266,7 @@ impl Worker {
             pinned: HashSet::new(),
             requests: VecDeque::new(),
             in_flight: JoinSet::new(),
-            stopping: Arc::new(AtomicBool::new(false)),
+            epoch: Arc::new(AtomicU64::new(0)),
             in_flight_ids: HashSet::new(),
             failing: false,
             rng: seed | 1,
@@ -303,7 +305,7 @@ impl Worker {
                 changed = stop.changed(), if !stopping => {
                     if changed.is_err() || *stop.borrow() {
                         stopping = true;
-                        self.stopping.store(true, Ordering::SeqCst);
+                        self.epoch.fetch_add(1, Ordering::SeqCst);
                     }
                 }
             }
@@ -327,6 +329,9 @@ impl Worker {
             }
             Msg::Subscription(sub) => {
                 let was_active = self.active();
+                if self.sub != sub {
+                    self.epoch.fetch_add(1, Ordering::SeqCst);
+                }
                 self.sub = sub;
                 if was_active && !self.active() {
                     log::info!(
@@ -466,7 +471,8 @@ impl Worker {
     ) {
         let ctx = self.ctx.clone();
         let sub = sub.clone();
-        let stopping = self.stopping.clone();
+        let epoch = self.epoch.clone();
+        let started_in = epoch.load(Ordering::SeqCst);
         let mut jobs: Vec<_> = jobs
             .into_iter()
             .map(|job| (job, self.next_random()))
@@ -487,7 +493,7 @@ impl Worker {
                     result,
                     reply,
                 });
-                if failing || stopping.load(Ordering::SeqCst) {
+                if failing || epoch.load(Ordering::SeqCst) != started_in {
                     break;
                 }
             }
