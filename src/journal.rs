@@ -282,7 +282,10 @@ impl Trees {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(cache_bytes)
-            .flush_every_ms(Some(1000))
+            // No background flusher: it would wake every second even when
+            // idle. `ingest` flushes its batches itself, and the daemon
+            // flushes other writes a second after they happen (`written`).
+            .flush_every_ms(None)
             .open()
             .map_err(sled_err("open"))?;
         let tree = |name: &'static str| db.open_tree(name).map_err(sled_err("open tree"));
@@ -306,6 +309,10 @@ pub struct Journal {
     /// refuses every write until the database is opened again.
     broken: AtomicBool,
     heal_lock: Mutex<()>,
+    /// Signalled after writes that `ingest` does not flush (attempts,
+    /// replays, pruning), so the daemon can flush soon after them and not
+    /// at all while idle.
+    written: tokio::sync::Notify,
     counts: Mutex<BTreeMap<String, SubCounts>>,
     /// Open deliveries found at start-up, until the daemon takes them.
     open_at_start: Mutex<Vec<OpenDelivery>>,
@@ -362,6 +369,7 @@ impl Journal {
             trees: RwLock::new(None),
             broken: AtomicBool::new(false),
             heal_lock: Mutex::new(()),
+            written: tokio::sync::Notify::new(),
             counts: Mutex::new(BTreeMap::new()),
             open_at_start: Mutex::new(Vec::new()),
             write_lock: Mutex::new(()),
@@ -442,6 +450,11 @@ impl Journal {
         *self.lock_counts() = counts;
         *self.trees.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(trees));
         Ok(Some(open))
+    }
+
+    /// Completes after a write that is not flushed yet (see `written`).
+    pub async fn written(&self) {
+        self.written.notified().await
     }
 
     /// The durability point.
@@ -737,6 +750,7 @@ impl Journal {
 
     /// Journals a CDR that did not come from the spool (the test webhook).
     pub fn put_cdr(&self, cdr: &Cdr) -> Result<CdrMeta> {
+        self.written.notify_one();
         let t = self.t()?;
         let _guard = self.lock_writes();
         if let Some(stored) = self.cdr(&cdr.id)? {
@@ -783,6 +797,7 @@ impl Journal {
         sub: &str,
         origin: Trigger,
     ) -> Result<(Delivery, bool)> {
+        self.written.notify_one();
         let t = self.t()?;
         let _guard = self.lock_writes();
         let Some(bytes) = t.cdrs.get(be(cdr.seq)).map_err(self.sled_err("read cdr"))? else {
@@ -833,6 +848,7 @@ impl Journal {
     /// in-flight files that are now finished (every delivery of every CDR in
     /// them ended).
     pub fn record_attempt(&self, updated: &Delivery, attempt: &Attempt) -> Result<Vec<String>> {
+        self.written.notify_one();
         let t = self.t()?;
         let _guard = self.lock_writes();
         let old = self.delivery(updated.id)?;
@@ -1018,6 +1034,7 @@ impl Journal {
     /// pruned. At most `max` CDRs are examined per call, so that a large
     /// backlog of old records does not stall the daemon.
     pub fn prune(&self, cutoff_ms: u64, max: usize) -> Result<PruneStats> {
+        self.written.notify_one();
         let t = self.t()?;
         let mut stats = PruneStats::default();
         for item in t.cdrs.iter().take(max) {

@@ -29,6 +29,9 @@ use crate::time::now_ms;
 /// by recent keys, so a small cache keeps the resident size small.
 const JOURNAL_CACHE: u64 = 16 << 20;
 
+/// How long after an unflushed write the journal is flushed.
+const FLUSH_AFTER: Duration = Duration::from_secs(1);
+
 /// How often retention runs. Far slower than any rescan, so an idle daemon
 /// stays idle.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
@@ -280,6 +283,7 @@ async fn start(
         Shutdown::new(stop_rx.clone()),
     ));
     tokio::spawn(prune_loop(daemon.clone(), Shutdown::new(stop_rx.clone())));
+    tokio::spawn(flush_loop(daemon.clone(), Shutdown::new(stop_rx.clone())));
     tokio::spawn(watchdog_loop(Shutdown::new(stop_rx)));
     log::info!(
         "cdrhook {} started: spool {}, {} subscription(s), control socket {}",
@@ -362,6 +366,28 @@ async fn prune_loop(daemon: Arc<Daemon>, mut shutdown: Shutdown) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => log::error!("retention: {e}"),
             Err(e) => log::error!("retention: {e}"),
+        }
+    }
+}
+
+/// Flushes the journal a second after writes that `ingest` does not flush
+/// itself (attempt results): a crash loses at most that second of results,
+/// which only means resending those CDRs. Sleeps while nothing is written.
+async fn flush_loop(daemon: Arc<Daemon>, mut shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = daemon.journal.written() => {}
+        }
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tokio::time::sleep(FLUSH_AFTER) => {}
+        }
+        let d = daemon.clone();
+        match tokio::task::spawn_blocking(move || d.journal.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("{e}"),
+            Err(e) => log::error!("journal flush: {e}"),
         }
     }
 }
