@@ -850,19 +850,35 @@ impl Journal {
     pub fn record_attempt(&self, updated: &Delivery, attempt: &Attempt) -> Result<Vec<String>> {
         self.written.notify_one();
         let t = self.t()?;
-        let _guard = self.lock_writes();
-        let old = self.delivery(updated.id)?;
-        let mut new = updated.clone();
-        if !new.attempt_ids.contains(&attempt.id) {
-            new.attempt_ids.push(attempt.id);
-        }
         t.attempts
             .insert(
                 be(attempt.id),
                 serde_json::to_vec(attempt).map_err(corrupt("encode attempt"))?,
             )
             .map_err(self.sled_err("write attempt"))?;
-        self.write_delivery(old.as_ref(), &new)?;
+        // Only the delivery's read-modify-write needs the lock: the attempt
+        // is a new key, and the file check below only reads (each thread
+        // writes its own state before reading the others', so the last
+        // delivery of a file to end always sees the file finished).
+        let (old, new) = {
+            let _guard = self.lock_writes();
+            let old = self.delivery(updated.id)?;
+            let mut new = updated.clone();
+            // Keep attempts recorded meanwhile (a resend beside a retry).
+            if let Some(old) = &old {
+                for id in &old.attempt_ids {
+                    if !new.attempt_ids.contains(id) {
+                        new.attempt_ids.push(*id);
+                    }
+                }
+            }
+            if !new.attempt_ids.contains(&attempt.id) {
+                new.attempt_ids.push(attempt.id);
+            }
+            new.attempt_ids.sort_unstable();
+            self.write_delivery(old.as_ref(), &new)?;
+            (old, new)
+        };
         self.note_result(&new.subscription, attempt)?;
         let was_open = old.as_ref().is_none_or(|o| o.state.is_open());
         if was_open && !new.state.is_open() {

@@ -24,14 +24,15 @@ use server::Signal;
 
 /// glibc gives each thread that allocates concurrently its own arena, up to
 /// eight per core, and each keeps its freed memory: with the delivery
-/// threads that multiplies the resident size for no speed we can measure.
-/// Two arenas keep the box small (SPEC §8: under 64 MiB).
+/// threads that multiplies the resident size. One arena keeps a 100,000-file
+/// drain under 64 MiB (SPEC §8) for a few percent of throughput
+/// (BENCHMARKS.md).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before the
     // runtime starts its threads.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

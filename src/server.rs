@@ -27,7 +27,7 @@ use crate::time::now_ms;
 
 /// sled's page cache. The journal is written sequentially and read mostly
 /// by recent keys, so a small cache keeps the resident size small.
-const JOURNAL_CACHE: u64 = 16 << 20;
+const JOURNAL_CACHE: u64 = 8 << 20;
 
 /// How long after an unflushed write the journal is flushed.
 const FLUSH_AFTER: Duration = Duration::from_secs(1);

@@ -9,7 +9,7 @@
 //! `rescan_interval` and after an inotify overflow is what guarantees that
 //! nothing is missed.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -36,6 +36,9 @@ pub const INFLIGHT: &str = ".inflight";
 /// A file that fails to parse but was modified this recently may still be
 /// being written in place: look again later instead of rejecting it.
 pub const SETTLE: Duration = Duration::from_secs(2);
+
+/// Names a rescan queues at most; the rest wait for the next listing.
+const RESCAN_QUEUE: usize = 16_384;
 
 /// Files journaled per flush. Large enough to amortise the fsync, small
 /// enough that a file waits at most one batch.
@@ -120,6 +123,8 @@ pub struct Spool {
     /// Files that may still be being written, by when to look again.
     deferred: BTreeMap<String, Instant>,
     next_rescan: Instant,
+    /// The last rescan found more files than it queued.
+    more_in_spool: bool,
     /// Set while the journal cannot be written: no intake until then.
     journal_retry_at: Option<Instant>,
     journal_backoff: Duration,
@@ -159,6 +164,7 @@ impl Spool {
             queued: HashSet::new(),
             deferred: BTreeMap::new(),
             next_rescan: Instant::now(),
+            more_in_spool: false,
             journal_retry_at: None,
             journal_backoff: Duration::from_millis(500),
             mover: None,
@@ -218,6 +224,9 @@ impl Spool {
         loop {
             self.heal_journal();
             self.take_in_batch();
+            if self.queue.is_empty() && self.more_in_spool {
+                self.rescan();
+            }
             let timeout = self.next_timeout();
             let msg = if self.queue.is_empty() || self.journal_retry_at.is_some() {
                 self.rx.recv_timeout(timeout)
@@ -330,6 +339,7 @@ impl Spool {
     fn rescan(&mut self) {
         let cfg = self.config();
         self.next_rescan = Instant::now() + cfg.spool.rescan_interval;
+        self.more_in_spool = false;
         let entries = match fs::read_dir(&cfg.spool.dir) {
             Ok(it) => it,
             Err(e) => {
@@ -337,25 +347,38 @@ impl Spool {
                 return;
             }
         };
-        let mut found: Vec<(SystemTime, String)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                if !is_candidate(&name) || self.deferred.contains_key(&name) {
-                    return None;
-                }
-                let mtime = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(SystemTime::UNIX_EPOCH);
-                Some((mtime, name))
-            })
-            .collect();
-        found.sort();
-        if !found.is_empty() {
-            log::debug!("spool: rescan found {} files", found.len());
+        // Keep only the oldest RESCAN_QUEUE names: a backlog of 100,000
+        // files is taken in a slice at a time, listing the directory again
+        // when a slice is done, so that memory stays flat whatever the backlog.
+        let mut oldest: BinaryHeap<(SystemTime, String)> = BinaryHeap::new();
+        let mut found = 0usize;
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if !is_candidate(&name) || self.deferred.contains_key(&name) {
+                continue;
+            }
+            found += 1;
+            let mtime = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            if oldest.len() < RESCAN_QUEUE {
+                oldest.push((mtime, name));
+            } else if oldest
+                .peek()
+                .is_some_and(|newest| (mtime, &name) < (newest.0, &newest.1))
+            {
+                oldest.pop();
+                oldest.push((mtime, name));
+            }
         }
-        for (_, name) in found {
+        if found > 0 {
+            log::debug!("spool: rescan found {found} files");
+        }
+        self.more_in_spool = found > oldest.len();
+        for (_, name) in oldest.into_sorted_vec() {
             self.push(name);
         }
     }
