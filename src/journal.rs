@@ -834,7 +834,10 @@ impl Journal {
         for item in t.deliveries.iter() {
             let (_, v) = item.map_err(self.sled_err("scan deliveries"))?;
             let d: Delivery = serde_json::from_slice(&v).map_err(corrupt("delivery"))?;
-            let failed = matches!(d.state, State::Dead | State::Retrying);
+            // A failed test webhook ends dead, but it was a probe, not a
+            // CDR: `resend --failed` does not send it again.
+            let failed =
+                matches!(d.state, State::Dead | State::Retrying) && d.origin != Trigger::Test;
             let sub_ok = sub.is_none_or(|s| s == d.subscription);
             let since_ok = since_ms.is_none_or(|t| d.created_ms >= t);
             if failed && sub_ok && since_ok {

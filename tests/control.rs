@@ -1089,6 +1089,9 @@ fn test_command_sends_a_signed_test_webhook() {
         .assert_status(0);
     assert_eq!(daemon.counter("b", "retrying"), 0);
     assert_eq!(receiver.count("/b"), baseline);
+    // A failed test webhook is not a CDR: `resend --failed` leaves it alone.
+    let v = daemon.cli_json(&["resend", "--failed"]);
+    assert_eq!(v["queued"], 0, "{v:#}");
 }
 
 #[test]

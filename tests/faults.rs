@@ -623,9 +623,15 @@ fn journal_disk_full_keeps_files_in_the_spool() {
         log.contains("No space left on device"),
         "the log names the cause"
     );
+    assert_eq!(
+        daemon.status()["journal"]["available"],
+        false,
+        "status tells the operator the journal is unavailable"
+    );
 
     fs::remove_file(&ballast).expect("remove the ballast");
     daemon.wait_log(Duration::from_secs(40), "journal reopened");
+    assert_eq!(daemon.status()["journal"]["available"], true);
     let mut want = want_calls(FILES);
     want.insert(format!("call-{FILES}"));
     wait_all_calls(&receiver, "/all", &want, Duration::from_secs(40));

@@ -71,6 +71,8 @@ pub fn collect(d: &Daemon) -> Value {
         "journal": {
             "path": cfg.journal.path.display().to_string(),
             "size_bytes": d.journal.size_on_disk(),
+            // After an I/O error (a full disk) until it is reopened.
+            "available": !d.journal.is_broken(),
         },
         "subscriptions": subs,
     })
@@ -111,9 +113,15 @@ pub fn render(v: &Value) -> String {
         cell(&v["spool"]["in_flight"])
     ));
     out.push_str(&format!(
-        "journal: {} ({} MiB)\n\n",
+        "journal: {} ({} MiB){}\n\n",
         cell(&v["journal"]["path"]),
-        v["journal"]["size_bytes"].as_u64().unwrap_or(0) / (1 << 20)
+        v["journal"]["size_bytes"].as_u64().unwrap_or(0) / (1 << 20),
+        if v["journal"]["available"] == false {
+            "\n         UNAVAILABLE after an I/O error (disk full?): files wait in the spool; \
+             it is reopened by itself once it can be written"
+        } else {
+            ""
+        }
     ));
     let rows: Vec<Vec<String>> = v["subscriptions"]
         .as_array()
