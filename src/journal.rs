@@ -775,15 +775,18 @@ impl Journal {
     }
 
     pub fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
-        match self
-            .t()?
-            .deliveries
-            .get(be(id))
-            .map_err(self.sled_err("read delivery"))?
-        {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(&v).map_err(corrupt("delivery"))?,
-            )),
+        self.get_json(&self.t()?.deliveries, id, "delivery")
+    }
+
+    /// A JSON record by numeric id.
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        id: u64,
+        what: &'static str,
+    ) -> Result<Option<T>> {
+        match tree.get(be(id)).map_err(self.sled_err(what))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(corrupt(what))?)),
             None => Ok(None),
         }
     }
@@ -972,17 +975,7 @@ impl Journal {
     }
 
     pub fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
-        match self
-            .t()?
-            .attempts
-            .get(be(id))
-            .map_err(self.sled_err("read attempt"))?
-        {
-            Some(v) => Ok(Some(
-                serde_json::from_slice(&v).map_err(corrupt("attempt"))?,
-            )),
-            None => Ok(None),
-        }
+        self.get_json(&self.t()?.attempts, id, "attempt")
     }
 
     /// The attempts of one delivery, oldest first.

@@ -6,7 +6,6 @@
 //! watchers → READY=1. Shutdown: stop intake → let attempts in flight finish
 //! (at most `delivery.timeout`) → flush the journal → remove the socket.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -304,24 +303,13 @@ async fn start(
     ))
 }
 
-/// Hands the journal's open deliveries back to their workers: pending ones
-/// in order, retrying ones at their persisted time.
+/// Hands the journal's open deliveries back to their workers.
 fn restore(journal: &Journal, dispatcher: &Dispatcher) {
     let open = journal.take_open_deliveries();
-    let count = open.len();
-    let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
-    for d in open {
-        by_sub
-            .entry(d.subscription)
-            .or_default()
-            .push((d.id, d.retry_at_ms));
+    if !open.is_empty() {
+        log::info!("resuming {} open deliveries from the journal", open.len());
     }
-    for (sub, items) in by_sub {
-        dispatcher.enqueue(&sub, items);
-    }
-    if count > 0 {
-        log::info!("resuming {count} open deliveries from the journal");
-    }
+    dispatcher.resume(open, false);
 }
 
 fn handle_signal(daemon: &Daemon, signal: Signal) {

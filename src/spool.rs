@@ -286,16 +286,7 @@ impl Spool {
                     "journal reopened after an I/O error; {} open deliveries",
                     open.len()
                 );
-                let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
-                for d in open {
-                    by_sub
-                        .entry(d.subscription)
-                        .or_default()
-                        .push((d.id, d.retry_at_ms));
-                }
-                for (sub, items) in by_sub {
-                    self.dispatcher.requeue(&sub, items);
-                }
+                self.dispatcher.resume(open, true);
             }
             Err(e) => {
                 log::error!("spool: cannot reopen the journal yet: {e}");

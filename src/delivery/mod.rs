@@ -17,7 +17,7 @@ pub mod http;
 mod resolve;
 pub mod sign;
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -143,11 +143,24 @@ impl Dispatcher {
         }
     }
 
-    /// Like `enqueue`, skipping deliveries the worker already holds (queued
-    /// or in flight): after the journal was reopened.
-    pub fn requeue(&self, sub: &str, items: Vec<(DeliveryId, Option<u64>)>) {
-        if !items.is_empty() {
-            self.send(sub, Msg::Requeue(items));
+    /// Hands open deliveries found in the journal to their workers: pending
+    /// ones in order, retrying ones at their persisted time. With
+    /// `skip_held`, a worker skips deliveries it already holds (queued or in
+    /// flight): after the journal was reopened, not at start-up.
+    pub fn resume(&self, open: Vec<crate::journal::OpenDelivery>, skip_held: bool) {
+        let mut by_sub: BTreeMap<String, Vec<(DeliveryId, Option<u64>)>> = BTreeMap::new();
+        for d in open {
+            by_sub
+                .entry(d.subscription)
+                .or_default()
+                .push((d.id, d.retry_at_ms));
+        }
+        for (sub, items) in by_sub {
+            if skip_held {
+                self.send(&sub, Msg::Requeue(items));
+            } else {
+                self.enqueue(&sub, items);
+            }
         }
     }
 
