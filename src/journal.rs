@@ -195,6 +195,9 @@ impl Attempt {
 pub struct IngestFile {
     pub inflight_name: String,
     pub cdrs: Vec<Cdr>,
+    /// (device, inode) of the spool file that was read, to notice a file
+    /// replaced under the same name before it is moved.
+    pub identity: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -208,6 +211,9 @@ pub struct IngestOutcome {
     pub known_cdrs: usize,
     /// New CDRs that no active subscription wants.
     pub unmatched_cdrs: usize,
+    /// Files whose CDRs were all known but not all finished: a delivery may
+    /// end before the file reaches `.inflight/`, so look again after the move.
+    pub recheck_files: Vec<String>,
 }
 
 /// An open delivery as start-up needs it.
@@ -557,7 +563,15 @@ impl Journal {
             // Sequence numbers first: each CDR records its file's siblings.
             let mut seqs = Vec::with_capacity(file.cdrs.len());
             let mut known = Vec::with_capacity(file.cdrs.len());
+            // The same CDR twice in one array is still one CDR.
+            let mut in_file: std::collections::HashMap<&str, CdrSeq> =
+                std::collections::HashMap::new();
             for cdr in &file.cdrs {
+                if let Some(&seq) = in_file.get(cdr.id.as_str()) {
+                    seqs.push(seq);
+                    known.push(true);
+                    continue;
+                }
                 match t
                     .cdr_ids
                     .get(&cdr.id)
@@ -571,6 +585,9 @@ impl Journal {
                         seqs.push(self.next_id()?);
                         known.push(false);
                     }
+                }
+                if let Some(&seq) = seqs.last() {
+                    in_file.insert(cdr.id.as_str(), seq);
                 }
             }
             let file_ref = FileRef {
@@ -615,10 +632,13 @@ impl Journal {
         }
         self.flush()?;
         for file in files {
-            if !waiting_files.contains(file.inflight_name.as_str())
-                && self.cdrs_finished_by_ids(&file.cdrs)?
-            {
+            if waiting_files.contains(file.inflight_name.as_str()) {
+                continue;
+            }
+            if self.cdrs_finished_by_ids(&file.cdrs)? {
                 out.finished_files.push(file.inflight_name.clone());
+            } else {
+                out.recheck_files.push(file.inflight_name.clone());
             }
         }
         Ok(out)
@@ -882,6 +902,16 @@ impl Journal {
                 new.attempt_ids.push(attempt.id);
             }
             new.attempt_ids.sort_unstable();
+            // A copy read before another attempt ended it never reopens an
+            // ended delivery.
+            if let Some(old) = old.as_ref().filter(|o| !o.state.is_open()) {
+                if new.state.is_open() {
+                    new.state = old.state;
+                    new.next_at_ms = None;
+                    new.ended_ms = old.ended_ms;
+                }
+            }
+            new.attempts = new.attempts.max(old.as_ref().map_or(0, |o| o.attempts));
             self.write_delivery(old.as_ref(), &new)?;
             (old, new)
         };
@@ -936,8 +966,9 @@ impl Journal {
     }
 
     fn cdr_finished(&self, seq: CdrSeq) -> Result<bool> {
+        // A record that is gone was pruned, and only ended ones are.
         let Some(meta) = self.meta_by_seq(seq)? else {
-            return Ok(false);
+            return Ok(true);
         };
         self.deliveries_ended(&meta)
     }
@@ -1120,6 +1151,7 @@ mod tests {
         IngestFile {
             inflight_name: format!("x-{name}"),
             cdrs: parse_file(body.as_bytes()).expect("cdr"),
+            identity: None,
         }
     }
 
@@ -1340,6 +1372,80 @@ mod tests {
             .expect("read")
             .expect("d");
         assert_eq!(j.attempts_of(&d).expect("of").len(), 1);
+    }
+
+    #[test]
+    fn the_same_cdr_twice_in_one_array_is_one_cdr() {
+        let (_d, j) = open_tmp();
+        let a = sub("a");
+        let out = j
+            .ingest(
+                &[file("dup.json", r#"[{"QueueId":"1"},{"QueueId":"1"}]"#)],
+                &[&a],
+            )
+            .expect("ingest");
+        assert_eq!(out.new_deliveries.len(), 1);
+        assert_eq!(out.new_cdrs, 1);
+        assert_eq!(
+            finish(&j, out.new_deliveries[0].1, State::Delivered),
+            vec!["x-dup.json".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_stale_copy_never_reopens_an_ended_delivery() {
+        let (_d, j) = open_tmp();
+        let a = sub("a");
+        let out = j
+            .ingest(&[file("1.json", r#"{"QueueId":"1"}"#)], &[&a])
+            .expect("ingest");
+        let id = out.new_deliveries[0].1;
+        let mut stale = j.delivery(id).expect("read").expect("d");
+        finish(&j, id, State::Delivered);
+        // A failed resend that read the delivery before it was delivered.
+        stale.state = State::Retrying;
+        stale.next_at_ms = Some(now_ms() + 1000);
+        let attempt = Attempt {
+            id: j.next_id().expect("id"),
+            delivery_id: id,
+            time_ms: now_ms(),
+            subscription: "a".into(),
+            event_type: stale.event_type.clone(),
+            call_id: None,
+            webhook_id: stale.cdr_id.clone(),
+            attempt: 2,
+            status: Some(500),
+            error: None,
+            duration_ms: 1,
+            trigger: Trigger::Resend,
+            request_headers: vec![],
+            response_headers: vec![],
+            response_body: None,
+        };
+        j.record_attempt(&stale, &attempt).expect("record");
+        let d = j.delivery(id).expect("read").expect("d");
+        assert_eq!(d.state, State::Delivered);
+        assert_eq!(d.attempt_ids.len(), 2, "both attempts in the history");
+        assert_eq!(j.counts()["a"].retrying, 0);
+    }
+
+    #[test]
+    fn a_pruned_sibling_does_not_hold_its_file_back() {
+        let (_d, j) = open_tmp();
+        let a = sub("a");
+        let out = j
+            .ingest(
+                &[file("arr.json", r#"[{"QueueId":"1"},{"QueueId":"2"}]"#)],
+                &[&a],
+            )
+            .expect("ingest");
+        finish(&j, out.new_deliveries[0].1, State::Delivered);
+        let stats = j.prune(now_ms() + 1000, 100).expect("prune");
+        assert_eq!(stats.cdrs, 1, "the ended one is pruned, the open one kept");
+        assert_eq!(
+            finish(&j, out.new_deliveries[1].1, State::Delivered),
+            vec!["x-arr.json".to_string()]
+        );
     }
 
     #[test]

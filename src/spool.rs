@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -195,14 +195,15 @@ impl Spool {
         // the next batch is read and journaled while this one moves. The
         // bound keeps at most a few batches in memory.
         let (tx, rx) = mpsc::sync_channel::<Journaled>(2);
-        let (dispatcher, live, in_transit) = (
+        let (journal, dispatcher, live, in_transit) = (
+            self.journal.clone(),
             self.dispatcher.clone(),
             self.live.clone(),
             self.in_transit.clone(),
         );
         match std::thread::Builder::new()
             .name("spool-move".into())
-            .spawn(move || move_batches(rx, &dispatcher, &live, &in_transit))
+            .spawn(move || move_batches(rx, &journal, &dispatcher, &live, &in_transit))
         {
             Ok(handle) => self.mover = Some((tx, handle)),
             Err(e) => {
@@ -441,13 +442,20 @@ impl Spool {
                 if let Err(mpsc::SendError(batch)) = tx.send(batch) {
                     move_batch(
                         batch,
+                        &self.journal,
                         &self.dispatcher,
                         &self.live.get().spool,
                         &self.in_transit,
                     );
                 }
             }
-            None => move_batch(batch, &self.dispatcher, &cfg.spool, &self.in_transit),
+            None => move_batch(
+                batch,
+                &self.journal,
+                &self.dispatcher,
+                &cfg.spool,
+                &self.in_transit,
+            ),
         }
     }
 
@@ -471,7 +479,9 @@ impl Spool {
         names.sort();
         for name in names {
             let path = dir.join(&name);
-            let parsed = match read_limited(&path, cfg.spool.max_file_size) {
+            // No size limit here: the file was accepted once, and a lowered
+            // max_file_size must not reject what is already taken in.
+            let parsed = match read_limited(&path, u64::MAX) {
                 Ok((_, Ok(bytes))) => parse_file(&bytes),
                 Ok((_, Err(why))) => Err(why),
                 Err(e) => {
@@ -484,11 +494,7 @@ impl Spool {
                 Err(why) => {
                     // Only a file that parsed was ever moved here; if it no
                     // longer does, it was changed by hand: reject it.
-                    let orig = original_name(&name).to_string();
-                    match move_file(&path, &cfg.spool.dir.join(&orig)) {
-                        Ok(()) => reject(&cfg.spool, &orig, &why),
-                        Err(e) => log::error!("spool: {name}: {e}"),
-                    }
+                    reject_from(&cfg.spool, &path, original_name(&name), &why);
                     continue;
                 }
             };
@@ -501,6 +507,7 @@ impl Spool {
                 Ok(false) => retake.push(IngestFile {
                     inflight_name: name,
                     cdrs,
+                    identity: None,
                 }),
                 Err(e) => log::error!("spool: {name}: {e}"),
             }
@@ -536,17 +543,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// then its deliveries start.
 fn move_batches(
     rx: mpsc::Receiver<Journaled>,
+    journal: &Journal,
     dispatcher: &Dispatcher,
     live: &LiveConfig,
     in_transit: &Mutex<HashSet<String>>,
 ) {
     for batch in rx {
-        move_batch(batch, dispatcher, &live.get().spool, in_transit);
+        move_batch(batch, journal, dispatcher, &live.get().spool, in_transit);
     }
 }
 
 fn move_batch(
     batch: Journaled,
+    journal: &Journal,
     dispatcher: &Dispatcher,
     spool: &SpoolConfig,
     in_transit: &Mutex<HashSet<String>>,
@@ -554,6 +563,19 @@ fn move_batch(
     let inflight = inflight_dir(spool);
     for (name, file) in &batch.files {
         let from = spool.dir.join(name);
+        // The phone system may have renamed a new file over this name
+        // since it was read: that one is not journaled, so it stays for
+        // the next scan instead of going into `.inflight/` under the wrong
+        // content's name.
+        let same = match (fs::symlink_metadata(&from), file.identity) {
+            (Ok(m), Some((dev, ino))) => m.dev() == dev && m.ino() == ino,
+            (Ok(_), None) => true,
+            (Err(_), _) => false,
+        };
+        if !same {
+            log::info!("spool: {name} was replaced after it was read; taking in the new one next");
+            continue;
+        }
         let to = inflight.join(&file.inflight_name);
         if let Err(e) = fs::rename(&from, &to) {
             // Journaled already, so nothing is lost: the next scan finds
@@ -575,6 +597,15 @@ fn move_batch(
         let mut moving = lock(in_transit);
         for (name, _) in &batch.files {
             moving.remove(name);
+        }
+    }
+    // A file of known CDRs whose last delivery ended while it was on its
+    // way here would otherwise wait in `.inflight/` until the next start.
+    for (_, file) in &batch.files {
+        if batch.outcome.recheck_files.contains(&file.inflight_name)
+            && journal.cdrs_finished_by_ids(&file.cdrs).unwrap_or(false)
+        {
+            finish_file(spool, &file.inflight_name);
         }
     }
     dispatch(dispatcher, spool, batch.outcome);
@@ -663,7 +694,7 @@ fn read_limited(path: &Path, max: u64) -> io::Result<(fs::Metadata, Result<Vec<u
         return Ok((meta, Err(Rejection::TooLarge { size, max })));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(max + 1).read_to_end(&mut bytes)?;
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         let size = bytes.len() as u64;
         return Ok((meta, Err(Rejection::TooLarge { size, max })));
@@ -709,6 +740,7 @@ fn read_candidate(spool: &SpoolConfig, name: &str) -> Taken {
         parse_file(&bytes).map(|cdrs| IngestFile {
             inflight_name: inflight_name(name, &bytes, &cdrs),
             cdrs,
+            identity: Some((meta.dev(), meta.ino())),
         })
     });
     let fresh_until = meta
@@ -728,6 +760,12 @@ fn read_candidate(spool: &SpoolConfig, name: &str) -> Taken {
 /// Moves a file that cannot be taken in to `rejected_dir`, with
 /// `NAME.reason` beside it. If even that fails, it stays in the spool.
 fn reject(spool: &SpoolConfig, name: &str, why: &Rejection) {
+    reject_from(spool, &spool.dir.join(name), name, why)
+}
+
+/// Rejects the file at `from` (in the spool, or in `.inflight/` at
+/// recovery) under the name `name`.
+fn reject_from(spool: &SpoolConfig, from: &Path, name: &str, why: &Rejection) {
     log::warn!("rejected {name}: {why}");
     let text = format!(
         "file: {name}\nrejected: {}\nreason: {why}\n",
@@ -740,7 +778,7 @@ fn reject(spool: &SpoolConfig, name: &str, why: &Rejection) {
         let written = reason
             .write_all(text.as_bytes())
             .and_then(|_| reason.sync_all())
-            .and_then(|_| move_file(&spool.dir.join(name), &to));
+            .and_then(|_| move_file(from, &to));
         if written.is_err() {
             let _ = fs::remove_file(reason_path(&to));
         }

@@ -329,3 +329,38 @@ fn an_answer_slower_than_the_timeout_is_a_failed_attempt() {
         assert!((900..5000).contains(&ms), "{a:#}");
     }
 }
+
+#[test]
+fn a_4xx_answer_to_the_probe_releases_the_queue() {
+    // The endpoint fails (503), then answers again but refuses that one CDR
+    // (422). The refusal proves the endpoint is back: the queue behind it
+    // must go now, not at the refused CDR's next retry a minute later.
+    let receiver = Receiver::start();
+    receiver.set(
+        "/crm",
+        Behaviour::Sequence(vec![
+            Behaviour::Status(503),
+            Behaviour::Status(422),
+            Behaviour::Status(200),
+        ]),
+    );
+    let dir = TestDir::new();
+    dir.write_config(
+        &subscription("crm", &receiver.url("/crm"), &["*"]),
+        Some("timeout: 2s\nconcurrency: 1\nretry_schedule: [1s, 60s, 60s]"),
+    );
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("a.json", &make_cdr(1));
+    receiver.wait_for_requests("/crm", 1, DEADLINE);
+    // Queued behind the failing endpoint.
+    dir.drop_file("b.json", &make_cdr(2));
+    dir.drop_file("c.json", &make_cdr(3));
+    // a's retry (the 422), then b and c, all well inside a's 60 s wait.
+    receiver.wait_for_requests("/crm", 4, Duration::from_secs(15));
+    let calls: Vec<String> = receiver.requests_for("/crm").iter().map(call_id).collect();
+    assert_eq!(calls[..2], ["call-1", "call-1"], "{calls:?}");
+    let rest: BTreeSet<&str> = calls[2..].iter().map(String::as_str).collect();
+    assert_eq!(rest, BTreeSet::from(["call-2", "call-3"]), "{calls:?}");
+    // b and c delivered; a waits for its own next retry.
+    wait_counts(&daemon, &[("crm", [0, 1, 0, 2])], DEADLINE);
+}

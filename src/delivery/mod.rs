@@ -345,7 +345,16 @@ impl Worker {
                 if self.sub != sub {
                     self.epoch.fetch_add(1, Ordering::SeqCst);
                 }
+                let new_endpoint = match (&self.sub, &sub) {
+                    (Some(old), Some(new)) => old.endpoint != new.endpoint,
+                    _ => false,
+                };
                 self.sub = sub;
+                if new_endpoint && self.failing {
+                    // A corrected URL is tried now, not at the old retry time.
+                    self.failing = false;
+                    self.release();
+                }
                 if was_active && !self.active() {
                     log::info!(
                         "subscription {}: {}; its {} queued deliveries are held",
@@ -415,6 +424,13 @@ impl Worker {
         if !self.active() {
             return None;
         }
+        // A due retry that cannot start yet (all slots busy, or the one
+        // probe of a failing endpoint in flight) must not spin the loop:
+        // the end of an attempt wakes it anyway.
+        let limit = self.ctx.settings().concurrency.max(1);
+        if self.in_flight.len() >= limit || (self.failing && !self.in_flight.is_empty()) {
+            return None;
+        }
         let (at, _) = self.retry.first()?;
         let wait = at.saturating_sub(now_ms());
         Some(Instant::now() + Duration::from_millis(wait))
@@ -434,9 +450,17 @@ impl Worker {
             return;
         };
         let limit = self.ctx.settings().concurrency.max(1);
+        // A delivery already in flight is not started again until that
+        // attempt ends: two attempts would race on its journal record.
+        let mut busy_requests = VecDeque::new();
+        let mut busy_auto = Vec::new();
         while self.in_flight.len() < limit {
             if let Some((id, trigger, reply)) = self.requests.pop_front() {
-                self.start(&sub, vec![(id, trigger, reply)]);
+                if self.in_flight_ids.contains(&id) {
+                    busy_requests.push_back((id, trigger, reply));
+                } else {
+                    self.start(&sub, vec![(id, trigger, reply)]);
+                }
                 continue;
             }
             if self.failing {
@@ -451,13 +475,18 @@ impl Worker {
                     None
                 };
                 match probe {
+                    Some(id) if self.in_flight_ids.contains(&id) => busy_auto.push(id),
                     Some(id) => self.start(&sub, vec![(id, Trigger::Auto, None)]),
                     None => break,
                 }
                 continue;
             }
             if let Some(id) = self.pop_due_retry() {
-                self.start(&sub, vec![(id, Trigger::Auto, None)]);
+                if self.in_flight_ids.contains(&id) {
+                    busy_auto.push(id);
+                } else {
+                    self.start(&sub, vec![(id, Trigger::Auto, None)]);
+                }
                 continue;
             }
             if self.ready.is_empty() {
@@ -466,12 +495,23 @@ impl Worker {
             // Share the backlog between the free slots, a batch each.
             let free = limit - self.in_flight.len();
             let size = self.ready.len().div_ceil(free).clamp(1, MAX_BATCH);
-            let jobs = self
-                .ready
-                .drain(..size)
-                .map(|id| (id, Trigger::Auto, None))
-                .collect();
-            self.start(&sub, jobs);
+            let mut jobs = Vec::with_capacity(size);
+            for id in self.ready.drain(..size) {
+                if self.in_flight_ids.contains(&id) {
+                    busy_auto.push(id);
+                } else {
+                    jobs.push((id, Trigger::Auto, None));
+                }
+            }
+            if !jobs.is_empty() {
+                self.start(&sub, jobs);
+            }
+        }
+        // Back to the front, in order, for when their attempt ends.
+        busy_requests.append(&mut self.requests);
+        self.requests = busy_requests;
+        for id in busy_auto.into_iter().rev() {
+            self.ready.push_front(id);
         }
     }
 
@@ -526,7 +566,9 @@ impl Worker {
         match &result {
             Ok(f) if f.skipped => {}
             Ok(f) => {
-                if f.attempt.succeeded() {
+                // A 2xx, or a 4xx refusing one CDR, both show the endpoint
+                // answers again: lift the gate.
+                if f.attempt.succeeded() || !f.endpoint_failing {
                     if self.failing {
                         log::info!("subscription {}: endpoint recovered", self.name);
                         self.release();
