@@ -322,6 +322,9 @@ pub struct Journal {
     counts: Mutex<BTreeMap<String, SubCounts>>,
     /// Open deliveries found at start-up, until the daemon takes them.
     open_at_start: Mutex<Vec<OpenDelivery>>,
+    /// Where the next retention pass starts, so that old CDRs that cannot
+    /// be pruned yet (still open) are stepped over, not re-read every pass.
+    prune_from: Mutex<CdrSeq>,
     /// Serialises read-modify-write of records and the counts.
     write_lock: Mutex<()>,
 }
@@ -378,6 +381,7 @@ impl Journal {
             written: tokio::sync::Notify::new(),
             counts: Mutex::new(BTreeMap::new()),
             open_at_start: Mutex::new(Vec::new()),
+            prune_from: Mutex::new(0),
             write_lock: Mutex::new(()),
         };
         let (counts, open) = journal.scan(&trees)?;
@@ -1080,8 +1084,16 @@ impl Journal {
         self.written.notify_one();
         let t = self.t()?;
         let mut stats = PruneStats::default();
-        for item in t.cdrs.iter().take(max) {
+        let start = *self.prune_from.lock().unwrap_or_else(|p| p.into_inner());
+        // Where the next pass starts: from the top once this one reaches
+        // the cutoff or the end, else after the last CDR examined.
+        let mut next = 0;
+        for (examined, item) in t.cdrs.range(be(start)..).enumerate() {
             let (key, v) = item.map_err(self.sled_err("scan cdrs"))?;
+            if examined >= max {
+                next = id_from(&key);
+                break;
+            }
             let meta = decode_meta(&v)?;
             if meta.received_ms >= cutoff_ms {
                 break;
@@ -1121,6 +1133,7 @@ impl Journal {
             t.cdrs.remove(key).map_err(self.sled_err("prune cdr"))?;
             stats.cdrs += 1;
         }
+        *self.prune_from.lock().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(stats)
     }
 
@@ -1445,6 +1458,37 @@ mod tests {
         assert_eq!(
             finish(&j, out.new_deliveries[1].1, State::Delivered),
             vec!["x-arr.json".to_string()]
+        );
+    }
+
+    #[test]
+    fn prune_steps_over_open_cdrs_from_pass_to_pass() {
+        let (_d, j) = open_tmp();
+        let a = sub("a");
+        let out = j
+            .ingest(
+                &[
+                    file("1.json", r#"{"QueueId":"1"}"#),
+                    file("2.json", r#"{"QueueId":"2"}"#),
+                    file("3.json", r#"{"QueueId":"3"}"#),
+                ],
+                &[&a],
+            )
+            .expect("ingest");
+        // The oldest stays open; the two after it end.
+        finish(&j, out.new_deliveries[1].1, State::Delivered);
+        finish(&j, out.new_deliveries[2].1, State::Delivered);
+        let cutoff = now_ms() + 1000;
+        let first = j.prune(cutoff, 1).expect("pass 1");
+        assert_eq!(first.cdrs, 0, "pass 1 sees only the open one");
+        let second = j.prune(cutoff, 1).expect("pass 2");
+        assert_eq!(second.cdrs, 1, "pass 2 goes on after it");
+        let third = j.prune(cutoff, 1).expect("pass 3");
+        assert_eq!(third.cdrs, 1);
+        assert_eq!(
+            j.cdrs_since(0).expect("since").len(),
+            1,
+            "the open one stays"
         );
     }
 
