@@ -1179,24 +1179,30 @@ mod tests {
         d.state = state;
         d.attempts += 1;
         d.ended_ms = Some(now_ms());
-        let a = Attempt {
+        let status = if state == State::Delivered { 200 } else { 500 };
+        let a = attempt_for(j, &d, status, Trigger::Auto);
+        j.record_attempt(&d, &a).expect("record")
+    }
+
+    /// An attempt on `d` with this status, numbered `d.attempts`.
+    fn attempt_for(j: &Journal, d: &Delivery, status: u16, trigger: Trigger) -> Attempt {
+        Attempt {
             id: j.next_id().expect("id"),
-            delivery_id: id,
+            delivery_id: d.id,
             time_ms: now_ms(),
             subscription: d.subscription.clone(),
             event_type: d.event_type.clone(),
             call_id: d.call_id.clone(),
             webhook_id: d.cdr_id.clone(),
             attempt: d.attempts,
-            status: Some(if state == State::Delivered { 200 } else { 500 }),
+            status: Some(status),
             error: None,
             duration_ms: 1,
-            trigger: Trigger::Auto,
+            trigger,
             request_headers: vec![],
             response_headers: vec![],
             response_body: None,
-        };
-        j.record_attempt(&d, &a).expect("record")
+        }
     }
 
     #[test]
@@ -1418,23 +1424,8 @@ mod tests {
         // A failed resend that read the delivery before it was delivered.
         stale.state = State::Retrying;
         stale.next_at_ms = Some(now_ms() + 1000);
-        let attempt = Attempt {
-            id: j.next_id().expect("id"),
-            delivery_id: id,
-            time_ms: now_ms(),
-            subscription: "a".into(),
-            event_type: stale.event_type.clone(),
-            call_id: None,
-            webhook_id: stale.cdr_id.clone(),
-            attempt: 2,
-            status: Some(500),
-            error: None,
-            duration_ms: 1,
-            trigger: Trigger::Resend,
-            request_headers: vec![],
-            response_headers: vec![],
-            response_body: None,
-        };
+        stale.attempts = 2;
+        let attempt = attempt_for(&j, &stale, 500, Trigger::Resend);
         j.record_attempt(&stale, &attempt).expect("record");
         let d = j.delivery(id).expect("read").expect("d");
         assert_eq!(d.state, State::Delivered);
