@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::cmd;
 use crate::config::{self, EventType};
 use crate::control::client::{self, ClientError};
-use crate::control::protocol::Request;
+use crate::control::protocol::{AttemptsQuery, Request};
 use crate::time::{now_ms, parse_since, rfc3339};
 
 pub const EXIT_OK: i32 = 0;
@@ -187,14 +187,14 @@ fn request_for(command: &Command) -> Result<Request, String> {
                     ));
                 }
             }
-            Request::Attempts {
+            Request::Attempts(AttemptsQuery {
                 subscription: subscription.clone(),
                 failed: *failed,
                 call_id: call_id.clone(),
                 event_type: event_type.clone(),
                 since: since.as_deref().map(since_arg).transpose()?,
                 limit: Some(*limit),
-            }
+            })
         }
         Command::Show { id } => {
             cmd::parse_id(id)?;
@@ -296,7 +296,7 @@ fn ask(cli: &Cli, config_path: &Path, request: &Request) -> i32 {
 fn render(request: &Request, result: &Value) -> String {
     match request {
         Request::Status {} => cmd::status::render(result),
-        Request::Attempts { .. } => cmd::attempts::render(result),
+        Request::Attempts(_) => cmd::attempts::render(result),
         Request::Show { .. } => cmd::show::render(result),
         Request::Resend { .. } | Request::ResendFailed { .. } => cmd::resend::render(result),
         Request::Replay { .. } => cmd::replay::render(result),

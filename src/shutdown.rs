@@ -16,10 +16,6 @@ impl Shutdown {
         Shutdown { rx }
     }
 
-    pub fn is_shutdown(&self) -> bool {
-        *self.rx.borrow()
-    }
-
     pub async fn recv(&mut self) {
         // A dropped sender means the daemon is going away: treat as shutdown.
         let _ = self.rx.wait_for(|stop| *stop).await;

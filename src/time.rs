@@ -1,7 +1,7 @@
 //! Wall-clock helpers: the journal stores Unix milliseconds; people read
 //! RFC 3339 (JSON) or local time (tables).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, Local, SecondsFormat, Utc};
 
@@ -40,18 +40,6 @@ pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
         Err(_) => Err(format!(
             "{text:?} is neither an RFC 3339 time (2026-11-21T08:00:00Z) nor a duration back from now (2h, 30m, 7d)"
         )),
-    }
-}
-
-/// A duration as an operator reads it: `1.5s`, `12ms`, `3m`.
-pub fn short_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else {
-        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
     }
 }
 

@@ -3,21 +3,13 @@
 use serde_json::Value;
 
 use super::{attempt_json, cell, local_time, result_text, since, table};
+use crate::control::protocol::AttemptsQuery;
 use crate::journal::AttemptFilter;
 use crate::server::Daemon;
 
 pub const DEFAULT_LIMIT: usize = 50;
 
-pub struct Args {
-    pub subscription: Option<String>,
-    pub failed: bool,
-    pub call_id: Option<String>,
-    pub event_type: Option<String>,
-    pub since: Option<String>,
-    pub limit: Option<usize>,
-}
-
-pub fn apply(d: &Daemon, args: Args) -> Result<Value, String> {
+pub fn apply(d: &Daemon, args: AttemptsQuery) -> Result<Value, String> {
     let filter = AttemptFilter {
         subscription: args.subscription,
         failed: args.failed,

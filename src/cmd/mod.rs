@@ -21,24 +21,7 @@ use crate::time::{local, now_ms, parse_since, rfc3339};
 pub async fn apply(daemon: &Daemon, request: Request) -> Value {
     let result = match request {
         Request::Status {} => Ok(status::collect(daemon)),
-        Request::Attempts {
-            subscription,
-            failed,
-            call_id,
-            event_type,
-            since,
-            limit,
-        } => attempts::apply(
-            daemon,
-            attempts::Args {
-                subscription,
-                failed,
-                call_id,
-                event_type,
-                since,
-                limit,
-            },
-        ),
+        Request::Attempts(query) => attempts::apply(daemon, query),
         Request::Show { id } => show::apply(daemon, &id),
         Request::Resend { ids } => resend::apply(daemon, &ids).await,
         Request::ResendFailed {

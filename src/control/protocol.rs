@@ -11,21 +11,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status {},
-    Attempts {
-        #[serde(default)]
-        subscription: Option<String>,
-        #[serde(default)]
-        failed: bool,
-        #[serde(default)]
-        call_id: Option<String>,
-        #[serde(default)]
-        event_type: Option<String>,
-        /// RFC 3339, or a duration back from now.
-        #[serde(default)]
-        since: Option<String>,
-        #[serde(default)]
-        limit: Option<usize>,
-    },
+    Attempts(AttemptsQuery),
     Show {
         id: String,
     },
@@ -47,6 +33,25 @@ pub enum Request {
         subscription: Option<String>,
     },
     Reload {},
+}
+
+/// The filters of `attempts`, as the command line sends them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptsQuery {
+    #[serde(default)]
+    pub subscription: Option<String>,
+    #[serde(default)]
+    pub failed: bool,
+    #[serde(default)]
+    pub call_id: Option<String>,
+    #[serde(default)]
+    pub event_type: Option<String>,
+    /// RFC 3339, or a duration back from now.
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 /// `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`. With `--json`
@@ -73,14 +78,14 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let r = Request::Attempts {
+        let r = Request::Attempts(AttemptsQuery {
             subscription: Some("crm".into()),
             failed: true,
             call_id: None,
             event_type: None,
             since: Some("2h".into()),
             limit: Some(5),
-        };
+        });
         let line = serde_json::to_vec(&r).expect("encode");
         assert_eq!(parse(&line), Ok(r));
         assert_eq!(parse(br#"{"cmd":"status"}"#), Ok(Request::Status {}));
@@ -94,6 +99,7 @@ mod tests {
             br#"{"cmd":"nope"}"#,
             br#"{"cmd":"show"}"#,
             br#"{"cmd":"status","extra":1}"#,
+            br#"{"cmd":"attempts","failed":true,"bogus":1}"#,
             b"\xff\xfe",
             b"[1,2]",
         ] {

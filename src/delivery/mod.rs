@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{DeliveryConfig, Subscription};
-use crate::journal::{Attempt, Delivery, DeliveryId, Journal, State, Trigger};
+use crate::journal::{Attempt, DeliveryId, Journal, State, Trigger};
 use crate::time::now_ms;
 
 /// What delivery needs from the rest of the daemon.
@@ -229,7 +229,8 @@ struct Batch {
 struct Done {
     id: DeliveryId,
     trigger: Trigger,
-    result: Result<Finished, AttemptError>,
+    /// `Ok(None)`: the delivery ended meanwhile, nothing was sent.
+    result: Result<Option<Finished>, AttemptError>,
     reply: Option<oneshot::Sender<OnceResult>>,
 }
 
@@ -240,7 +241,6 @@ struct Finished {
     endpoint_failing: bool,
     /// The next attempt waits for the endpoint's `Retry-After`.
     retry_after: bool,
-    skipped: bool,
 }
 
 struct Worker {
@@ -539,7 +539,7 @@ impl Worker {
                 let result = attempt(&ctx, &sub, id, trigger, jitter);
                 // The endpoint started failing: the rest of the batch goes
                 // back to the queue, behind the gate.
-                let failing = matches!(&result, Ok(f) if f.endpoint_failing);
+                let failing = matches!(&result, Ok(Some(f)) if f.endpoint_failing);
                 done.push(Done {
                     id,
                     trigger,
@@ -564,8 +564,8 @@ impl Worker {
         } = done;
         self.in_flight_ids.remove(&id);
         match &result {
-            Ok(f) if f.skipped => {}
-            Ok(f) => {
+            Ok(None) => {}
+            Ok(Some(f)) => {
                 // A 2xx, or a 4xx refusing one CDR, both show the endpoint
                 // answers again: lift the gate.
                 if f.attempt.succeeded() || !f.endpoint_failing {
@@ -609,7 +609,11 @@ impl Worker {
             }
         }
         if let Some(reply) = reply {
-            let _ = reply.send(result.map(|f| f.attempt).map_err(|e| e.message));
+            let _ = reply.send(match result {
+                Ok(Some(f)) => Ok(f.attempt),
+                Ok(None) => Err(format!("delivery d{id} had already ended")),
+                Err(e) => Err(e.message),
+            });
         }
     }
 
@@ -681,7 +685,7 @@ fn attempt(
     id: DeliveryId,
     trigger: Trigger,
     random: u64,
-) -> Result<Finished, AttemptError> {
+) -> Result<Option<Finished>, AttemptError> {
     let journal = &ctx.journal;
     let Some(mut d) = journal.delivery(id).map_err(journal_failed)? else {
         return Err(AttemptError::gone(format!(
@@ -690,7 +694,7 @@ fn attempt(
     };
     if trigger == Trigger::Auto && !d.state.is_open() {
         // Ended meanwhile (a resend succeeded): nothing to do.
-        return Ok(skipped(&d));
+        return Ok(None);
     }
     let Some(cdr) = journal.cdr_by_seq(d.cdr_seq).map_err(journal_failed)? else {
         return Err(AttemptError::gone(format!(
@@ -780,14 +784,13 @@ fn attempt(
     if !finished_files.is_empty() {
         (ctx.files_finished)(finished_files);
     }
-    Ok(Finished {
+    Ok(Some(Finished {
         endpoint_failing: !ok && outcome.endpoint_failing(),
         retry_after: d.state == State::Retrying && outcome.retry_after.is_some(),
         state: d.state,
         next_at_ms: d.next_at_ms,
         attempt,
-        skipped: false,
-    })
+    }))
 }
 
 /// Why an attempt could not be made or journaled.
@@ -810,33 +813,6 @@ fn journal_failed(e: crate::journal::JournalError) -> AttemptError {
     AttemptError {
         message: e.to_string(),
         journal: true,
-    }
-}
-
-fn skipped(d: &Delivery) -> Finished {
-    Finished {
-        attempt: Attempt {
-            id: 0,
-            delivery_id: d.id,
-            time_ms: now_ms(),
-            subscription: d.subscription.clone(),
-            event_type: d.event_type.clone(),
-            call_id: d.call_id.clone(),
-            webhook_id: d.cdr_id.clone(),
-            attempt: d.attempts,
-            status: d.last_status,
-            error: None,
-            duration_ms: 0,
-            trigger: Trigger::Auto,
-            request_headers: vec![],
-            response_headers: vec![],
-            response_body: None,
-        },
-        state: d.state,
-        next_at_ms: None,
-        endpoint_failing: false,
-        retry_after: false,
-        skipped: true,
     }
 }
 
