@@ -316,7 +316,7 @@ fn check_config(path: &Path, json: bool) -> i32 {
                     .collect();
                 println!(
                     "{}",
-                    serde_json::json!({"ok": true, "path": path.display().to_string(), "error": null, "subscriptions": subs})
+                    serde_json::json!({"ok": true, "path": path.display().to_string(), "error": null, "subscriptions": subs, "warnings": cfg.warnings})
                 );
             } else {
                 println!(
@@ -336,6 +336,10 @@ fn check_config(path: &Path, json: bool) -> i32 {
                             .collect::<Vec<_>>()
                             .join(", ")
                     );
+                }
+                // Like ssh with a loose key: said, but not refused.
+                for w in &cfg.warnings {
+                    eprintln!("warning: {w}");
                 }
             }
             EXIT_OK

@@ -15,8 +15,15 @@
 //! - `${VAR}` is expanded in `subscriptions[].endpoint`, header values,
 //!   `secret` and `secret_file`. `$$` stands for a literal `$` (so `$${X}` is
 //!   the literal text `${X}`), and a `$` not followed by `{` is kept as is. An
-//!   unset variable refuses the file. A header value that used a variable is
-//!   [`Header::sensitive`], as are `Authorization` and `Cookie`.
+//!   unset variable refuses the file.
+//! - What is a secret is decided here, once, by the rule in
+//!   [`crate::redact`]: a header value that used a variable, or whose header
+//!   name says credential, is a [`Sensitive`] shown as `***`; an endpoint
+//!   that used a variable is shown as the template written in the file. Each
+//!   subscription gets a [`Redactor`] for what the network sends back.
+//! - Loose file permissions are warnings, not refusals ([`Config::warnings`]):
+//!   a `secret_file`, or a config file holding a secret written literally,
+//!   that every user may read (like ssh with a loose private key).
 //! - Relative paths (`spool.dir`, `spool.archive_dir`, `spool.rejected_dir`,
 //!   `journal.path`, `control.socket`, `delivery.ca_file` and `secret_file`)
 //!   are resolved against the directory holding the config file, so a
@@ -40,6 +47,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+
+use crate::redact::{is_credential_header, readable_by_all, MASK};
+pub use crate::redact::{Redactor, Sensitive};
 
 /// Where the daemon looks for its config unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/cdrhook/config.yaml";
@@ -72,9 +82,6 @@ const RESERVED_HEADERS: [&str; 10] = [
     "transfer-encoding",
     "host",
 ];
-
-/// Header names whose values are credentials even when written literally.
-const SENSITIVE_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
 
 /// Accepts secrets with or without `=` padding: both forms circulate and the
 /// decoded key is the same.
@@ -137,6 +144,13 @@ pub struct Config {
     /// One of `error`, `warn`, `info`, `debug`, `trace` (lowercased).
     pub log_level: Option<String>,
     pub subscriptions: Vec<Subscription>,
+    /// Problems that do not refuse the file but an operator must see
+    /// (loose permissions on a file holding a secret): logged at load, shown
+    /// by `check-config` and `status`.
+    pub warnings: Vec<String>,
+    /// Where the file itself holds a secret written literally (e.g.
+    /// `subscriptions[crm].secret`), for the permissions warning.
+    pub secrets_in_file: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -227,14 +241,18 @@ impl Default for DeliveryConfig {
 pub struct Subscription {
     /// Unique within the file; the subscription's identity across reloads.
     pub name: String,
-    /// An http or https URL, after `${VAR}` expansion.
-    pub endpoint: String,
+    /// An http or https URL, after `${VAR}` expansion; shown as written in
+    /// the file when a variable went into it.
+    pub endpoint: Sensitive,
     pub active: bool,
     /// Sorted and without duplicates; `"*"` expands to [`EventType::ALL`].
     pub events: Vec<EventType>,
     /// In file order.
     pub headers: Vec<Header>,
     pub secret: Option<Secret>,
+    /// Scrubs this subscription's secret values (expanded endpoint,
+    /// credential header values) from what comes back from the network.
+    pub redactor: Redactor,
 }
 
 impl Subscription {
@@ -244,26 +262,20 @@ impl Subscription {
     }
 }
 
-/// An additional request header of a subscription.
-#[derive(Clone, PartialEq)]
+/// An additional request header of a subscription. `Debug` shows a secret
+/// value as `***` (see [`Sensitive`]).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Header {
     pub name: String,
-    pub value: String,
-    /// The value is a credential: it came (even partly) from `${VAR}`, or the
-    /// header is `Authorization`, `Proxy-Authorization` or `Cookie`. Such
-    /// values must never be logged or journaled.
-    pub sensitive: bool,
+    /// Secret when it came (even partly) from `${VAR}` or the header's name
+    /// says credential ([`crate::redact::is_credential_header`]). Such values
+    /// are never logged or journaled.
+    pub value: Sensitive,
 }
 
-// Manual so that printing a config with `{:?}` cannot leak a credential.
-impl fmt::Debug for Header {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let value: &dyn fmt::Debug = if self.sensitive { &"***" } else { &self.value };
-        f.debug_struct("Header")
-            .field("name", &self.name)
-            .field("value", value)
-            .field("sensitive", &self.sensitive)
-            .finish()
+impl Header {
+    pub fn sensitive(&self) -> bool {
+        self.value.is_secret()
     }
 }
 
@@ -309,13 +321,67 @@ pub enum ConfigError {
 /// Reads and validates the config file at `path`, taking `${VAR}` values from
 /// the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    from_source(&read(path)?, path, &env_var)
+}
+
+/// A variable that is not valid Unicode cannot go into a header or URL, so
+/// it counts as unset.
+pub fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// The config file's bytes and mode, from one open: what is validated is
+/// what is applied, and the mode is that of the file read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub text: String,
+    /// `st_mode` of the file read, when it could be had.
+    pub mode: Option<u32>,
+}
+
+/// Reads the config file once.
+pub fn read(path: &Path) -> Result<Source, ConfigError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let io = |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    // A variable that is not valid Unicode cannot go into a header or URL, so
-    // it counts as unset.
-    parse(&text, path, &|name| std::env::var(name).ok())
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mode = file.metadata().ok().map(|m| m.mode());
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io)?;
+    Ok(Source { text, mode })
+}
+
+/// Validates text read by [`read`], adding the warning for a config file that
+/// holds a secret and that every user may read.
+pub fn from_source(
+    source: &Source,
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut config = parse(&source.text, path, env)?;
+    if let Some(w) = config_file_warning(path, source.mode, &config.secrets_in_file) {
+        config.warnings.insert(0, w);
+    }
+    Ok(config)
+}
+
+fn config_file_warning(path: &Path, mode: Option<u32>, secrets: &[String]) -> Option<String> {
+    let mode = mode.filter(|&m| readable_by_all(m))?;
+    let first = secrets.first()?;
+    let more = match secrets.len() {
+        1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    Some(format!(
+        "{} holds a secret ({first}{more}) and every user can read it (mode {:04o}): \
+         run `chmod o-r {}`, or move the secret to secret_file or ${{VAR}}",
+        path.display(),
+        mode & 0o7777,
+        path.display()
+    ))
 }
 
 /// Validates config text. `path` is only used in messages and to resolve
@@ -348,19 +414,30 @@ pub fn parse(
         .collect();
 
     let base = base_dir(path);
-    let raw: RawConfig = {
+    let (raw, warnings, secrets_in_file) = {
         let _guard = ContextGuard::install(Context {
             vars,
             base: base.clone(),
-            names: HashSet::new(),
+            ..Context::default()
         });
-        serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| yaml_error(path, &e))?;
+        let (warnings, secrets) = with_context(|ctx| {
+            (
+                std::mem::take(&mut ctx.warnings),
+                std::mem::take(&mut ctx.secrets_in_file),
+            )
+        });
+        (raw, warnings, secrets)
     };
-    raw.finish(&base)
+    let mut config = raw
+        .finish(&base)
         .map_err(|message| ConfigError::Unpositioned {
             path: path.to_path_buf(),
             message,
-        })
+        })?;
+    config.warnings = warnings;
+    config.secrets_in_file = secrets_in_file;
+    Ok(config)
 }
 
 impl Config {
@@ -442,6 +519,10 @@ struct Context {
     vars: HashMap<String, Option<String>>,
     base: PathBuf,
     names: HashSet<String>,
+    /// See [`Config::warnings`].
+    warnings: Vec<String>,
+    /// See [`Config::secrets_in_file`].
+    secrets_in_file: Vec<String>,
 }
 
 thread_local! {
@@ -550,8 +631,28 @@ fn collect_var_names(value: &serde_yaml::Value, names: &mut BTreeSet<String>) {
     }
 }
 
-fn expand_in_context(text: &str) -> Result<(String, bool), String> {
-    with_context(|ctx| expand(text, &mut |name| ctx.vars.get(name).cloned().flatten()))
+/// Text after `${VAR}` expansion, with the values that went into it.
+struct Expanded {
+    text: String,
+    values: Vec<String>,
+}
+
+impl Expanded {
+    fn used_var(&self) -> bool {
+        !self.values.is_empty()
+    }
+}
+
+fn expand_in_context(text: &str) -> Result<Expanded, String> {
+    with_context(|ctx| {
+        let mut values = Vec::new();
+        let (text, _) = expand(text, &mut |name| {
+            let value = ctx.vars.get(name).cloned().flatten();
+            values.extend(value.clone());
+            value
+        })?;
+        Ok(Expanded { text, values })
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -714,10 +815,15 @@ text_newtype!(SubscriptionName, "a subscription name", |s| {
     Ok(SubscriptionName(s.to_owned()))
 });
 
-struct Endpoint(String);
+struct Endpoint {
+    url: Sensitive,
+    /// The variables' values, to scrub from free text on their own.
+    values: Vec<String>,
+}
 text_newtype!(Endpoint, "an http or https URL", |s| {
-    let (url, used_var) = expand_in_context(s)?;
-    check_endpoint(&url).map_err(|problem| {
+    let expanded = expand_in_context(s)?;
+    let used_var = expanded.used_var();
+    check_endpoint(&expanded.text).map_err(|problem| {
         // Echo what the operator wrote, not the expansion: a variable in an
         // endpoint may well carry a token.
         let shown = if used_var {
@@ -727,7 +833,17 @@ text_newtype!(Endpoint, "an http or https URL", |s| {
         };
         format!("{shown} {problem}")
     })?;
-    Ok(Endpoint(url))
+    // The template names the variable, so the operator still recognises
+    // the endpoint; the expanded URL is never shown.
+    let url = if used_var {
+        Sensitive::secret(expanded.text, s)
+    } else {
+        Sensitive::plain(expanded.text)
+    };
+    Ok(Endpoint {
+        url,
+        values: expanded.values,
+    })
 });
 
 fn check_endpoint(url: &str) -> Result<(), &'static str> {
@@ -790,12 +906,16 @@ fn check_endpoint(url: &str) -> Result<(), &'static str> {
 
 struct HeaderValue {
     value: String,
-    used_var: bool,
+    /// The variables' values that went into it (none: written literally).
+    values: Vec<String>,
 }
 // Values are never echoed in messages: they may be credentials.
 text_newtype!(HeaderValue, "a header value", |s| {
-    let (value, used_var) = expand_in_context(s)?;
-    let after = if used_var {
+    let Expanded {
+        text: value,
+        values,
+    } = expand_in_context(s)?;
+    let after = if !values.is_empty() {
         " (after expanding variables)"
     } else {
         ""
@@ -810,28 +930,56 @@ text_newtype!(HeaderValue, "a header value", |s| {
             "the header value contains a control character{after}"
         ));
     }
-    Ok(HeaderValue { value, used_var })
+    Ok(HeaderValue { value, values })
 });
 
-struct SecretValue(Secret);
+struct SecretValue {
+    secret: Secret,
+    /// Written in the file itself rather than taken from `${VAR}`.
+    literal: bool,
+}
 text_newtype!(SecretValue, "a secret such as \"whsec_...\"", |s| {
-    let (text, _) = expand_in_context(s)?;
-    decode_secret(&text).map(SecretValue)
+    let expanded = expand_in_context(s)?;
+    decode_secret(&expanded.text).map(|secret| SecretValue {
+        secret,
+        literal: !expanded.used_var(),
+    })
 });
 
 struct SecretFile(Secret);
 text_newtype!(SecretFile, "the path of a file holding a secret", |s| {
-    let (text, _) = expand_in_context(s)?;
+    let Expanded { text, .. } = expand_in_context(s)?;
     if text.is_empty() {
         return Err("the path is empty".into());
     }
     let path = resolve(&with_context(|ctx| ctx.base.clone()), Path::new(&text));
-    let contents = std::fs::read_to_string(&path)
+    let (contents, mode) = read_with_mode(&path)
         .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
-    decode_secret(contents.trim_end())
+    let secret = decode_secret(contents.trim_end())
         .map(SecretFile)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Some(mode) = mode.filter(|&m| readable_by_all(m)) {
+        let warning = format!(
+            "secret file {} can be read by every user (mode {:04o}): run `chmod o-r {}`",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        );
+        with_context(|ctx| ctx.warnings.push(warning));
+    }
+    Ok(secret)
 });
+
+/// A file's text and the mode of the very file read.
+fn read_with_mode(path: &Path) -> std::io::Result<(String, Option<u32>)> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt as _;
+    let mut file = std::fs::File::open(path)?;
+    let mode = file.metadata().ok().map(|m| m.mode());
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok((text, mode))
+}
 
 fn decode_secret(text: &str) -> Result<Secret, String> {
     let encoded = text.strip_prefix("whsec_").unwrap_or(text);
@@ -908,8 +1056,12 @@ fn parse_event_spec(s: &str) -> Result<Vec<EventType>, String> {
     })
 }
 
-/// The `headers` mapping, kept in file order.
-struct Headers(Vec<Header>);
+/// The `headers` mapping, kept in file order, with the variables' values
+/// that went into each (in the same order).
+struct Headers {
+    headers: Vec<Header>,
+    vars: Vec<Vec<String>>,
+}
 
 impl<'de> Deserialize<'de> for Headers {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -924,19 +1076,19 @@ impl<'de> Deserialize<'de> for Headers {
 
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
                 let mut headers: Vec<Header> = Vec::new();
+                let mut vars = Vec::new();
                 while let Some(name) = map.next_key_seed(HeaderNameSeed { seen: &headers })? {
-                    let HeaderValue { value, used_var } = map.next_value()?;
-                    let sensitive = used_var
-                        || SENSITIVE_HEADERS
-                            .iter()
-                            .any(|s| s.eq_ignore_ascii_case(&name));
-                    headers.push(Header {
-                        name,
-                        value,
-                        sensitive,
-                    });
+                    let HeaderValue { value, values } = map.next_value()?;
+                    let by_name = is_credential_header(&name);
+                    let value = if by_name || !values.is_empty() {
+                        Sensitive::secret(value, MASK)
+                    } else {
+                        Sensitive::plain(value)
+                    };
+                    headers.push(Header { name, value });
+                    vars.push(values);
                 }
-                Ok(Headers(headers))
+                Ok(Headers { headers, vars })
             }
         }
 
@@ -1004,22 +1156,56 @@ impl<'de> Deserialize<'de> for SubscriptionEntry {
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
                 let raw = RawSubscription::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let name = raw.name.0;
+                let mut in_file = Vec::new();
                 let secret = match (raw.secret, raw.secret_file) {
                     (Some(_), Some(_)) => {
                         return Err(de::Error::custom(
                             "give either secret or secret_file, not both",
                         ))
                     }
-                    (Some(SecretValue(s)), None) | (None, Some(SecretFile(s))) => Some(s),
+                    (Some(SecretValue { secret, literal }), None) => {
+                        if literal {
+                            in_file.push(format!("subscriptions[{name}].secret"));
+                        }
+                        Some(secret)
+                    }
+                    (None, Some(SecretFile(s))) => Some(s),
                     (None, None) => None,
                 };
+                let Headers { headers, vars } = raw.headers.unwrap_or(Headers {
+                    headers: Vec::new(),
+                    vars: Vec::new(),
+                });
+                let mut redactor = Redactor::default();
+                let endpoint = raw.endpoint;
+                if endpoint.url.is_secret() {
+                    redactor.add(endpoint.url.expose(), endpoint.url.shown());
+                    for value in &endpoint.values {
+                        redactor.add(value, MASK);
+                    }
+                }
+                for (h, values) in headers.iter().zip(&vars) {
+                    if !h.sensitive() {
+                        continue;
+                    }
+                    redactor.add_header_value(h.value.expose());
+                    for value in values {
+                        redactor.add(value, MASK);
+                    }
+                    if values.is_empty() {
+                        in_file.push(format!("subscriptions[{name}].headers.{}", h.name));
+                    }
+                }
+                with_context(|ctx| ctx.secrets_in_file.extend(in_file));
                 Ok(SubscriptionEntry(Subscription {
-                    name: raw.name.0,
-                    endpoint: raw.endpoint.0,
+                    name,
+                    endpoint: endpoint.url,
                     active: raw.active.unwrap_or(true),
                     events: raw.events.0,
-                    headers: raw.headers.map(|h| h.0).unwrap_or_default(),
+                    headers,
                     secret,
+                    redactor,
                 }))
             }
         }
@@ -1166,6 +1352,8 @@ impl RawConfig {
                 .into_iter()
                 .map(|s| s.0)
                 .collect(),
+            warnings: Vec::new(),
+            secrets_in_file: Vec::new(),
         })
     }
 }
@@ -1337,20 +1525,25 @@ subscriptions:
         };
         let mut expected = Config::default();
         expected.delivery.ca_file = Some(PathBuf::from("/etc/cdrhook/ca.pem"));
+        let mut redactor = Redactor::default();
+        redactor.add_header_value("Bearer t0ken");
+        redactor.add("t0ken", MASK);
         expected.subscriptions = vec![Subscription {
             name: "crm".into(),
-            endpoint: "https://crm.example.com/hooks/cdr".into(),
+            endpoint: Sensitive::plain("https://crm.example.com/hooks/cdr"),
             active: true,
             events: vec![EventType::Queue, EventType::Agent, EventType::Test],
             headers: vec![Header {
                 name: "Authorization".into(),
-                value: "Bearer t0ken".into(),
-                sensitive: true,
+                value: Sensitive::secret("Bearer t0ken", MASK),
             }],
             secret: Some(Secret {
                 key: SECRET_KEY.to_vec(),
             }),
+            redactor,
         }];
+        // The secret is written in the file itself.
+        expected.secrets_in_file = vec!["subscriptions[crm].secret".into()];
         assert_eq!(c, expected);
         let s = &c.subscriptions[0];
         assert!(s.wants(EventType::Queue));
@@ -1387,7 +1580,7 @@ subscriptions:
         assert!(c.delivery.retry_schedule.is_empty());
         assert!(!c.subscriptions[0].active);
         assert_eq!(c.subscriptions[0].events, [EventType::Ivr]);
-        assert_eq!(c.subscriptions[0].endpoint, "http://10.0.0.1:8080");
+        assert_eq!(c.subscriptions[0].endpoint.expose(), "http://10.0.0.1:8080");
     }
 
     #[test]
@@ -1559,7 +1752,7 @@ subscriptions:
         let got: Vec<(&str, &str, bool)> = c.subscriptions[0]
             .headers
             .iter()
-            .map(|h| (h.name.as_str(), h.value.as_str(), h.sensitive))
+            .map(|h| (h.name.as_str(), h.value.expose(), h.sensitive()))
             .collect();
         assert_eq!(
             got,
@@ -1581,13 +1774,136 @@ subscriptions:
     }
 
     #[test]
+    fn credential_names_mask_literal_values_too() {
+        let text = "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    headers:\n      X-Api-Key: k-literal\n      Proxy-Authorization: Basic xyz\n      X-Hub-Signature: sig\n      X-Client-Secret: cs\n      X-Request-Source: cdr\n";
+        let c = ok(text);
+        let got: Vec<(&str, &str, bool)> = c.subscriptions[0]
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.shown(), h.sensitive()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("X-Api-Key", "***", true),
+                ("Proxy-Authorization", "***", true),
+                ("X-Hub-Signature", "***", true),
+                ("X-Client-Secret", "***", true),
+                ("X-Request-Source", "cdr", false),
+            ]
+        );
+        // All four are written in the file itself.
+        assert_eq!(
+            c.secrets_in_file,
+            [
+                "subscriptions[a].headers.X-Api-Key",
+                "subscriptions[a].headers.Proxy-Authorization",
+                "subscriptions[a].headers.X-Hub-Signature",
+                "subscriptions[a].headers.X-Client-Secret",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_templated_endpoint_is_shown_as_written_and_scrubbed() {
+        let c = match parse_env(
+            "subscriptions:\n  - name: a\n    endpoint: https://crm.example.com/hooks/${CRM_PATH}\n    events: [\"*\"]\n    headers:\n      Authorization: \"Bearer ${TOKEN}\"\n    secret: ${S}\n",
+            &[
+                ("CRM_PATH", "p4th-s3cret"),
+                ("TOKEN", "t0ken-abc"),
+                ("S", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            ],
+        ) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let s = &c.subscriptions[0];
+        assert_eq!(
+            s.endpoint.expose(),
+            "https://crm.example.com/hooks/p4th-s3cret"
+        );
+        assert_eq!(
+            s.endpoint.shown(),
+            "https://crm.example.com/hooks/${CRM_PATH}"
+        );
+        assert_eq!(s.endpoint.to_string(), s.endpoint.shown());
+        assert_eq!(
+            s.redactor
+                .scrub("Cannot POST /hooks/p4th-s3cret, got Bearer t0ken-abc"),
+            "Cannot POST /hooks/***, got ***"
+        );
+        assert_eq!(
+            s.redactor
+                .scrub("moved to https://crm.example.com/hooks/p4th-s3cret/"),
+            "moved to https://crm.example.com/hooks/${CRM_PATH}/"
+        );
+        // Nothing is a secret written in the file, so no warning could apply.
+        assert!(c.secrets_in_file.is_empty(), "{:?}", c.secrets_in_file);
+        let debug = format!("{c:?}");
+        for secret in ["p4th-s3cret", "t0ken-abc"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+    }
+
+    #[test]
+    fn files_every_user_can_read_are_warned_about_when_they_hold_a_secret() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        let write = |name: &str, contents: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, contents).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        let literal = "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n";
+        let from_file = "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n    secret_file: hook.secret\n";
+        let no_secret =
+            "subscriptions:\n  - name: a\n    endpoint: http://h\n    events: [\"*\"]\n";
+        // (config text, config mode, secret file mode, warnings expected)
+        for (text, config_mode, secret_mode, expected) in [
+            (literal, 0o600, 0o600, &[][..]),
+            (literal, 0o640, 0o600, &[][..]),
+            (
+                literal,
+                0o644,
+                0o600,
+                &["holds a secret (subscriptions[a].secret)"][..],
+            ),
+            (no_secret, 0o644, 0o644, &[][..]),
+            (from_file, 0o644, 0o640, &[][..]),
+            (from_file, 0o600, 0o644, &["secret file"][..]),
+            (from_file, 0o600, 0o604, &["secret file"][..]),
+        ] {
+            write(
+                "hook.secret",
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
+                secret_mode,
+            );
+            write("config.yaml", text, config_mode);
+            let c = match load(&dir.path().join("config.yaml")) {
+                Ok(c) => c,
+                Err(e) => panic!("{e}"),
+            };
+            let case = format!("{config_mode:o}/{secret_mode:o}: {:?}", c.warnings);
+            assert_eq!(c.warnings.len(), expected.len(), "{case}");
+            for (w, want) in c.warnings.iter().zip(expected) {
+                assert_contains(w, want);
+                assert_contains(w, "chmod o-r");
+                assert!(!w.contains("MfKQ9r8"), "{case}");
+            }
+        }
+    }
+
+    #[test]
     fn endpoint_is_expanded() {
         let c = parse_env(
             "subscriptions:\n  - name: a\n    endpoint: https://${HOST}/hook?x=$1\n    events: [\"*\"]\n",
             &[("HOST", "crm.example.com:8443")],
         );
         assert!(
-            matches!(c, Ok(ref c) if c.subscriptions[0].endpoint == "https://crm.example.com:8443/hook?x=$1"),
+            matches!(c, Ok(ref c) if c.subscriptions[0].endpoint.expose() == "https://crm.example.com:8443/hook?x=$1"),
             "{c:?}"
         );
     }

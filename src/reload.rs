@@ -1,9 +1,27 @@
-//! The live config: the version in force, whether the last reload was
-//! refused and why, and the watcher that notices the file change.
+//! The live config: one immutable [`Snapshot`] (the config, the HTTP agent
+//! built for it, and its load status) that every part reads, and the one
+//! path every reload takes.
 //!
-//! Reloading only decides *which* config is in force; `server` applies it to
-//! the other parts. A refused version changes nothing but the status.
+//! Rules this module keeps:
+//!
+//! - One reload at a time. The file watcher, SIGHUP, `cdrhook reload` and the
+//!   control socket all end in [`LiveConfig::reload`], which holds a lock
+//!   from reading the file to the end of applying it; so two reloads never
+//!   interleave, and the last one to run applies the file as it is now.
+//! - The text validated is the text applied: the file is read once
+//!   ([`config::read`]), and those bytes are parsed and put in force.
+//! - A new version is published whole: the config, the agent built for its
+//!   `delivery` settings and its status go into one new `Arc<Snapshot>`,
+//!   swapped in one write, so the dispatcher and `status` read one version,
+//!   never a mix. Building the agent is part of validating: a `ca_file`
+//!   that cannot be read refuses the version like a YAML error would.
+//! - A refused version changes nothing but the status (a new snapshot with
+//!   the same config and agent, and the error).
+//!
+//! Reloading is blocking work (file reads, certificates): call it from a
+//! blocking thread, never from the async runtime's threads.
 
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -12,7 +30,8 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigError, DeliveryConfig};
+use crate::delivery::http;
 use crate::time::now_ms;
 
 /// How long the file must be quiet before we read it: editors write a
@@ -29,32 +48,69 @@ pub struct LoadStatus {
     pub restart_required: Vec<&'static str>,
 }
 
+/// One version of the daemon's configuration, as every part sees it.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// Built for `config.delivery` (timeout, `ca_file`), published with it.
+    pub agent: ureq::Agent,
+    /// Counts the versions put in force, from 1 at start-up.
+    pub generation: u64,
+    pub status: LoadStatus,
+}
+
+/// A snapshot's `delivery` settings, keeping the snapshot alive.
+pub struct DeliverySettings(Arc<Snapshot>);
+
+impl Deref for DeliverySettings {
+    type Target = DeliveryConfig;
+    fn deref(&self) -> &DeliveryConfig {
+        &self.0.config.delivery
+    }
+}
+
 pub struct LiveConfig {
     path: PathBuf,
-    current: RwLock<Arc<Config>>,
-    status: Mutex<LoadStatus>,
-    /// The text last read, to skip no-op reloads from the watcher (a
+    current: RwLock<Arc<Snapshot>>,
+    /// Held for a whole reload: serializes reloads from every source. Holds
+    /// the text last read, to skip no-op reloads from the watcher (a
     /// `touch`, an editor saving twice, the same bad version written again).
-    text: Mutex<Option<String>>,
+    reloading: Mutex<Option<String>>,
 }
 
 pub enum Reloaded {
-    Applied(Arc<Config>),
-    Unchanged,
+    /// A new version was put in force (and handed to `apply`).
+    Applied(Arc<Snapshot>),
+    /// The file had not changed since it was last read; nothing was done.
+    Unchanged(Arc<Snapshot>),
+}
+
+impl Reloaded {
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        match self {
+            Reloaded::Applied(s) | Reloaded::Unchanged(s) => s,
+        }
+    }
 }
 
 impl LiveConfig {
     /// Loads the config for start-up: an error here stops the daemon.
-    pub fn load(path: &Path) -> Result<LiveConfig, config::ConfigError> {
-        let cfg = config::load(path)?;
+    pub fn load(path: &Path) -> Result<LiveConfig, ConfigError> {
+        let source = config::read(path)?;
+        let cfg = config::from_source(&source, path, &config::env_var)?;
+        let agent = build_agent(path, &cfg)?;
+        log_warnings(&cfg);
         Ok(LiveConfig {
             path: path.to_path_buf(),
-            current: RwLock::new(Arc::new(cfg)),
-            status: Mutex::new(LoadStatus {
-                loaded_ms: now_ms(),
-                ..LoadStatus::default()
-            }),
-            text: Mutex::new(std::fs::read_to_string(path).ok()),
+            current: RwLock::new(Arc::new(Snapshot {
+                config: Arc::new(cfg),
+                agent,
+                generation: 1,
+                status: LoadStatus {
+                    loaded_ms: now_ms(),
+                    ..LoadStatus::default()
+                },
+            })),
+            reloading: Mutex::new(Some(source.text)),
         })
     }
 
@@ -62,73 +118,127 @@ impl LiveConfig {
         &self.path
     }
 
-    pub fn get(&self) -> Arc<Config> {
+    /// The version in force.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    pub fn status(&self) -> LoadStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    pub fn get(&self) -> Arc<Config> {
+        self.snapshot().config.clone()
     }
 
-    /// Reads the file again. A valid version is put in force (less the
-    /// settings that need a restart) and returned; an invalid one is refused
-    /// as a whole and its message kept for `status`. With `force` false an
-    /// unchanged file is a no-op.
-    pub fn reload(&self, force: bool) -> Result<Reloaded, String> {
-        let text = std::fs::read_to_string(&self.path).ok();
-        {
-            let mut last = self.text.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && text.is_some() && *last == text {
-                return Ok(Reloaded::Unchanged);
-            }
-            *last = text;
-        }
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        match config::load(&self.path) {
-            Ok(mut new) => {
-                let old = self.get();
-                let restart = old.restart_required(&new);
-                // Keep what cannot change under a running daemon.
-                new.spool.dir = old.spool.dir.clone();
-                new.journal.path = old.journal.path.clone();
-                new.control.socket = old.control.socket.clone();
-                for key in &restart {
-                    log::warn!(
-                        "config: {key} changed in {}: it takes effect after a restart",
-                        self.path.display()
-                    );
-                }
-                let new = Arc::new(new);
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
-                *status = LoadStatus {
-                    loaded_ms: now_ms(),
-                    error: None,
-                    refused_ms: None,
-                    restart_required: restart,
-                };
-                log::info!(
-                    "config reloaded from {}: {} subscription(s)",
-                    self.path.display(),
-                    new.subscriptions.len()
-                );
-                Ok(Reloaded::Applied(new))
-            }
+    /// The delivery settings in force.
+    pub fn delivery(&self) -> DeliverySettings {
+        DeliverySettings(self.snapshot())
+    }
+
+    pub fn status(&self) -> LoadStatus {
+        self.snapshot().status.clone()
+    }
+
+    /// Reads the file once and, if it is valid, publishes it as the new
+    /// snapshot (less the settings that need a restart) and calls `apply`
+    /// with it, all under the reload lock. An invalid version is refused as
+    /// a whole and its message kept for `status`. With `force` false an
+    /// unchanged file is a no-op. A forced reload also builds the agent
+    /// again, so a renewed `ca_file` is read.
+    pub fn reload(&self, force: bool, apply: impl FnOnce(&Snapshot)) -> Result<Reloaded, String> {
+        let mut last = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.snapshot();
+        let source = match config::read(&self.path) {
+            Ok(source) => source,
             Err(e) => {
-                let message = e.to_string();
-                log::error!(
-                    "config reload refused, the previous version stays in force: {message}"
-                );
-                status.error = Some(message.clone());
-                status.refused_ms = Some(now_ms());
-                Err(message)
+                *last = None;
+                return Err(self.refuse(&old, e.to_string()));
             }
+        };
+        if !force && last.as_deref() == Some(source.text.as_str()) {
+            return Ok(Reloaded::Unchanged(old));
         }
+        *last = Some(source.text.clone());
+        let new = config::from_source(&source, &self.path, &config::env_var).and_then(|new| {
+            let agent = if force
+                || new.delivery.timeout != old.config.delivery.timeout
+                || new.delivery.ca_file != old.config.delivery.ca_file
+            {
+                build_agent(&self.path, &new)?
+            } else {
+                old.agent.clone()
+            };
+            Ok((new, agent))
+        });
+        let (mut new, agent) = match new {
+            Ok(ok) => ok,
+            Err(e) => return Err(self.refuse(&old, e.to_string())),
+        };
+        let restart = old.config.restart_required(&new);
+        // Keep what cannot change under a running daemon.
+        new.spool.dir = old.config.spool.dir.clone();
+        new.journal.path = old.config.journal.path.clone();
+        new.control.socket = old.config.control.socket.clone();
+        for key in &restart {
+            log::warn!(
+                "config: {key} changed in {}: it takes effect after a restart",
+                self.path.display()
+            );
+        }
+        log_warnings(&new);
+        let snapshot = Arc::new(Snapshot {
+            config: Arc::new(new),
+            agent,
+            generation: old.generation + 1,
+            status: LoadStatus {
+                loaded_ms: now_ms(),
+                error: None,
+                refused_ms: None,
+                restart_required: restart,
+            },
+        });
+        self.publish(snapshot.clone());
+        apply(&snapshot);
+        log::info!(
+            "config reloaded from {}: {} subscription(s)",
+            self.path.display(),
+            snapshot.config.subscriptions.len()
+        );
+        Ok(Reloaded::Applied(snapshot))
+    }
+
+    fn publish(&self, snapshot: Arc<Snapshot>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+    }
+
+    /// Keeps `old` in force with the refusal in its status; returns the
+    /// message.
+    fn refuse(&self, old: &Snapshot, message: String) -> String {
+        log::error!("config reload refused, the previous version stays in force: {message}");
+        self.publish(Arc::new(Snapshot {
+            config: old.config.clone(),
+            agent: old.agent.clone(),
+            generation: old.generation,
+            status: LoadStatus {
+                error: Some(message.clone()),
+                refused_ms: Some(now_ms()),
+                ..old.status.clone()
+            },
+        }));
+        message
+    }
+}
+
+fn build_agent(path: &Path, cfg: &Config) -> Result<ureq::Agent, ConfigError> {
+    http::build_agent(&cfg.delivery).map_err(|message| ConfigError::Unpositioned {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+fn log_warnings(cfg: &Config) {
+    for w in &cfg.warnings {
+        log::warn!("config: {w}");
     }
 }
 

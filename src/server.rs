@@ -9,17 +9,17 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::control;
-use crate::delivery::{http, Context, Dispatcher};
+use crate::delivery::{Context, Dispatcher};
 use crate::journal::{Journal, Trigger};
 use crate::logging;
-use crate::reload::{self, LiveConfig, Reloaded};
+use crate::reload::{self, LiveConfig, Snapshot};
 use crate::shutdown::Shutdown;
 use crate::spool::{self, Spool, SpoolMsg};
 use crate::time::now_ms;
@@ -74,9 +74,12 @@ impl Daemon {
         self.live.get()
     }
 
-    /// Reloads the config file and applies a valid version to every part.
-    /// Returns whether anything was applied.
-    pub fn reload(&self, force: bool) -> Result<bool, String> {
+    /// The one reload path (file watcher, SIGHUP, `cdrhook reload`, control
+    /// socket): reads the file once, validates it, and puts a valid version
+    /// in force everywhere, one reload at a time (see `reload`). Returns the
+    /// snapshot in force afterwards. Blocking: call it from a blocking
+    /// thread.
+    pub fn reload(&self, force: bool) -> Result<Arc<Snapshot>, String> {
         let _ = sd_notify::notify(
             false,
             &[
@@ -85,32 +88,18 @@ impl Daemon {
                     .unwrap_or(sd_notify::NotifyState::Custom("")),
             ],
         );
-        let result = self.live.reload(force).map(|r| match r {
-            Reloaded::Applied(cfg) => {
-                self.apply(&cfg);
-                true
-            }
-            Reloaded::Unchanged => false,
-        });
+        let result = self
+            .live
+            .reload(force, |snapshot| self.apply(&snapshot.config))
+            .map(|r| r.snapshot().clone());
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
         result
     }
 
+    /// Hands a version just published to the parts that keep their own
+    /// copy. Runs under the reload lock, so parts see versions in order.
     fn apply(&self, cfg: &Config) {
         logging::apply_level(cfg.log_level.as_deref());
-        let ctx = self.dispatcher.context();
-        let old = ctx
-            .settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if old.timeout != cfg.delivery.timeout || old.ca_file != cfg.delivery.ca_file {
-            match http::build_agent(&cfg.delivery) {
-                Ok(agent) => *ctx.agent.write().unwrap_or_else(|p| p.into_inner()) = agent,
-                Err(e) => log::error!("config: {e}; keeping the previous TLS and timeout settings"),
-            }
-        }
-        *ctx.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg.delivery.clone());
         self.dispatcher.apply_subscriptions(&cfg.subscriptions);
         // A shorter rescan_interval should not wait for the old one to run out.
         let _ = self.spool_tx.send(SpoolMsg::Rescan);
@@ -172,9 +161,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(signal) = signals.recv() => handle_signal(&daemon, signal),
-            Some(()) = config_changes.recv() => {
-                let _ = daemon.reload(false);
-            }
+            Some(()) = config_changes.recv() => reload_in_background(&daemon, false),
         }
     }
 
@@ -216,14 +203,12 @@ async fn start(
         })?,
     );
     Spool::prepare(&cfg.spool).map_err(StartError::Spool)?;
-    let agent = http::build_agent(&cfg.delivery).map_err(StartError::Delivery)?;
 
     let (spool_tx, spool_rx) = std_mpsc::channel();
     let files_live = live.clone();
     let ctx = Arc::new(Context {
         journal: journal.clone(),
-        settings: RwLock::new(Arc::new(cfg.delivery.clone())),
-        agent: RwLock::new(agent),
+        live: live.clone(),
         files_finished: Box::new(move |names| {
             let spool = &files_live.get().spool;
             for name in names {
@@ -312,11 +297,20 @@ fn restore(journal: &Journal, dispatcher: &Dispatcher) {
     dispatcher.resume(open, false);
 }
 
-fn handle_signal(daemon: &Daemon, signal: Signal) {
+/// Reloads on a blocking thread: reading files and certificates must not
+/// hold up the runtime, and a reload waits for one already running.
+fn reload_in_background(daemon: &Arc<Daemon>, force: bool) {
+    let d = daemon.clone();
+    tokio::task::spawn_blocking(move || {
+        let _ = d.reload(force);
+    });
+}
+
+fn handle_signal(daemon: &Arc<Daemon>, signal: Signal) {
     match signal {
         Signal::Reload => {
             log::info!("SIGHUP: reloading the config");
-            let _ = daemon.reload(true);
+            reload_in_background(daemon, true);
         }
         Signal::ResendFailed => match daemon.resend_failed(None, None) {
             Ok(n) => log::info!("SIGUSR1: resending {n} dead or retrying deliveries"),

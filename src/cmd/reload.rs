@@ -6,13 +6,15 @@ use super::cell;
 use crate::server::Daemon;
 
 pub fn apply(d: &Daemon) -> Result<Value, String> {
-    d.reload(true)?;
-    let status = d.live.status();
+    // The answer describes the version this reload put in force, not
+    // whatever a reload running right after it left.
+    let snapshot = d.reload(true)?;
     Ok(json!({
         "ok": true,
         "path": d.live.path().display().to_string(),
-        "subscriptions": d.config().subscriptions.len(),
-        "restart_required": status.restart_required,
+        "subscriptions": snapshot.config.subscriptions.len(),
+        "restart_required": snapshot.status.restart_required,
+        "warnings": snapshot.config.warnings,
     }))
 }
 
@@ -28,6 +30,9 @@ pub fn render(v: &Value) -> String {
             "changed but waiting for a restart: {}\n",
             keys.join(", ")
         ));
+    }
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("WARNING: {}\n", cell(w)));
     }
     out
 }

@@ -3,13 +3,18 @@
 use serde_json::{json, Map, Value};
 
 use super::{attempt_json, cell, local_time, resolve, result_text};
+use crate::redact::{is_credential_header, MASK};
 use crate::server::Daemon;
 use crate::time::rfc3339;
 
+/// Headers as journaled (already masked when the attempt was made), with
+/// the name rule applied again: an attempt journaled before a header counted
+/// as a credential is shown masked all the same.
 fn headers(list: &[(String, String)]) -> Value {
     let mut map = Map::new();
     for (k, v) in list {
-        map.insert(k.clone(), Value::String(v.clone()));
+        let v = if is_credential_header(k) { MASK } else { v };
+        map.insert(k.clone(), Value::String(v.to_string()));
     }
     Value::Object(map)
 }

@@ -7,8 +7,11 @@ use crate::server::Daemon;
 use crate::time::{now_ms, rfc3339};
 
 pub fn collect(d: &Daemon) -> Value {
-    let cfg = d.config();
-    let load = d.live.status();
+    // One snapshot: the config and its load status of the same version.
+    // Endpoints serialize in their shown form (a `${VAR}` one as written).
+    let snapshot = d.live.snapshot();
+    let cfg = &snapshot.config;
+    let load = &snapshot.status;
     let counts = d.journal.counts();
     let (backlog, in_flight) = d.spool_backlog();
     let time = |ms: Option<u64>| ms.map(rfc3339);
@@ -62,6 +65,7 @@ pub fn collect(d: &Daemon) -> Value {
             "error": load.error,
             "refused_at": time(load.refused_ms),
             "restart_required": load.restart_required,
+            "warnings": cfg.warnings,
         },
         "spool": {
             "dir": cfg.spool.dir.display().to_string(),
@@ -105,6 +109,9 @@ pub fn render(v: &Value) -> String {
             "         changed, waiting for a restart: {}\n",
             keys.join(", ")
         ));
+    }
+    for w in c["warnings"].as_array().into_iter().flatten() {
+        out.push_str(&format!("         WARNING: {}\n", cell(w)));
     }
     out.push_str(&format!(
         "spool:   {}: {} waiting, {} in flight\n",

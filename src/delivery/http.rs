@@ -1,5 +1,11 @@
 //! One HTTP attempt: the request SPEC §4 fixes, sent with the daemon's one
 //! ureq agent, and what comes back, trimmed to what the journal keeps.
+//!
+//! An [`Outcome`] leaves this module masked by the rule in
+//! [`crate::redact`]: credential headers are `***`, and everything the
+//! network sent back (error text, response headers and body) is scrubbed of
+//! the subscription's secret values, so what is journaled or logged from it
+//! needs no further care.
 
 use std::io::Read;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -7,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use crate::config::{DeliveryConfig, Subscription};
+use crate::redact::{is_credential_header, MASK};
 
 use super::sign::signature;
 
@@ -17,8 +24,6 @@ pub const KEPT_BODY: usize = 4096;
 /// How much we read at most: reading a body to its end lets ureq reuse the
 /// connection; past this we drop the connection instead of reading on.
 const READ_LIMIT: u64 = 64 * 1024;
-
-const MASK: &str = "***";
 
 /// Builds the daemon's agent: global timeout, no redirects, statuses as
 /// values, the system's roots plus `ca_file`.
@@ -128,18 +133,30 @@ pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
         headers.push(("webhook-signature".into(), sig, false));
     }
     for h in &out.sub.headers {
-        headers.push((h.name.clone(), h.value.clone(), h.sensitive));
+        headers.push((h.name.clone(), h.value.expose().to_owned(), h.sensitive()));
     }
 
-    let mut request = agent.post(&out.sub.endpoint);
+    let mut request = agent.post(out.sub.endpoint.expose());
     for (name, value, _) in &headers {
         request = request.header(name.as_str(), value.as_str());
     }
+    // Our own `webhook-signature` is masked by the same name rule.
     let masked = headers
         .into_iter()
-        .map(|(n, v, sensitive)| (n, if sensitive { MASK.to_string() } else { v }))
+        .map(|(n, v, sensitive)| {
+            let v = if sensitive || is_credential_header(&n) {
+                MASK.to_string()
+            } else {
+                v
+            };
+            (n, v)
+        })
         .collect();
 
+    let scrub = |text: String| match out.sub.redactor.scrub(&text) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(scrubbed) => scrubbed,
+    };
     let started = Instant::now();
     let mut outcome = Outcome {
         time_ms: now.as_millis() as u64,
@@ -159,10 +176,10 @@ pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
                 .headers()
                 .iter()
                 .map(|(n, v)| {
-                    let value = if is_secret_header(n.as_str()) {
+                    let value = if is_credential_header(n.as_str()) {
                         MASK.to_string()
                     } else {
-                        String::from_utf8_lossy(v.as_bytes()).into_owned()
+                        scrub(String::from_utf8_lossy(v.as_bytes()).into_owned())
                     };
                     (n.as_str().to_string(), value)
                 })
@@ -186,8 +203,10 @@ pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
                 // success only if the receiver's status says so.
                 outcome.response_body = Some(format!("(body unreadable: {e})"));
             } else if !body.is_empty() {
-                body.truncate(KEPT_BODY);
-                outcome.response_body = Some(String::from_utf8_lossy(&body).into_owned());
+                // Scrubbed before it is cut, so that a secret the receiver
+                // echoed across the cut cannot leave a prefix behind.
+                let text = scrub(String::from_utf8_lossy(&body).into_owned());
+                outcome.response_body = Some(truncate_at_char(text, KEPT_BODY));
             }
             if (300..400).contains(&status) {
                 let location = response
@@ -195,19 +214,27 @@ pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
                     .get("location")
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("?");
-                outcome.error = Some(format!(
+                outcome.error = Some(scrub(format!(
                     "redirect {status} to {location} not followed: fix the endpoint URL"
-                ));
+                )));
             }
         }
-        Err(e) => outcome.error = Some(describe(&e)),
+        Err(e) => outcome.error = Some(scrub(describe(&e))),
     }
     outcome.duration = started.elapsed();
     outcome
 }
 
-fn is_secret_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case("set-cookie") || name.eq_ignore_ascii_case("authorization")
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncate_at_char(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut at = max;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        text.truncate(at);
+    }
+    text
 }
 
 fn describe(e: &ureq::Error) -> String {
@@ -264,6 +291,14 @@ mod tests {
         assert!(outcome(Some(429), None).endpoint_failing());
         assert!(outcome(Some(503), None).endpoint_failing());
         assert!(outcome(None, Some("refused")).endpoint_failing());
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_at_char("abcdef".into(), 4), "abcd");
+        assert_eq!(truncate_at_char("ab".into(), 4), "ab");
+        // "é" is two bytes: cutting inside it drops it whole.
+        assert_eq!(truncate_at_char("abcé".into(), 4), "abc");
     }
 
     #[test]

@@ -19,35 +19,34 @@ pub mod sign;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{DeliveryConfig, Subscription};
+use crate::config::Subscription;
 use crate::journal::{Attempt, DeliveryId, Journal, State, Trigger};
+use crate::reload::{DeliverySettings, LiveConfig};
 use crate::time::now_ms;
 
 /// What delivery needs from the rest of the daemon.
 pub struct Context {
     pub journal: Arc<Journal>,
-    pub settings: RwLock<Arc<DeliveryConfig>>,
-    pub agent: RwLock<ureq::Agent>,
+    /// The config snapshot in force: delivery settings and the agent built
+    /// for them, published together by a reload.
+    pub live: Arc<LiveConfig>,
     /// Called with in-flight files whose deliveries have all ended.
     pub files_finished: Box<dyn Fn(Vec<String>) + Send + Sync>,
 }
 
 impl Context {
-    fn settings(&self) -> Arc<DeliveryConfig> {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    fn settings(&self) -> DeliverySettings {
+        self.live.delivery()
     }
     fn agent(&self) -> ureq::Agent {
-        self.agent.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.live.snapshot().agent.clone()
     }
 }
 
