@@ -475,3 +475,189 @@ fn an_inactive_subscription_stops_sending_its_backlog() {
     assert_eq!(receiver.count("/held"), 5);
     wait_drained(&dir, DEADLINE);
 }
+
+/// The endpoint path's version number, `/v17/crm` → 17.
+fn version_of(endpoint: &serde_json::Value) -> Option<u64> {
+    let path = endpoint.as_str()?.rsplit_once("/v")?.1;
+    path.split('/').next()?.parse().ok()
+}
+
+#[test]
+fn fifty_concurrent_reloads_from_every_source_lose_nothing_and_end_on_the_last_file() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    const CDRS: usize = 150;
+    const FILE_WRITES: usize = 14;
+    const PER_SOURCE: usize = 12; // SIGHUP, `cdrhook reload`, raw control requests
+    let receiver = Receiver::start();
+    let dir = Arc::new(TestDir::new());
+    // Version i: both subscriptions point at /v{i}/..., and the delivery
+    // settings (so the agent) change with it. Every 5th is refused.
+    let version = |i: usize| {
+        let subs = [
+            subscription("crm", &receiver.url(&format!("/v{i}/crm")), &["*"]),
+            subscription(
+                "wh",
+                &receiver.url(&format!("/v{i}/wh")),
+                &["App.QueueWebhook"],
+            ),
+        ]
+        .concat();
+        let delivery = format!(
+            "timeout: {}s\nconcurrency: {}\nretry_schedule: [100ms, 200ms, 400ms]",
+            2 + i % 2,
+            1 + i % 4
+        );
+        let text = dir
+            .config()
+            .subscriptions(&subs)
+            .delivery(&delivery)
+            .render();
+        if i % 5 == 3 {
+            format!("{text}bogus_key: {i}\n")
+        } else {
+            text
+        }
+    };
+    dir.write_raw_config(&version(0));
+    let daemon = Arc::new(Daemon::start(&dir));
+    let last = FILE_WRITES;
+    assert_ne!(last % 5, 3, "the last version must be a valid one");
+
+    let storming = Arc::new(AtomicBool::new(true));
+    let mut threads = Vec::new();
+    // CDRs flow throughout.
+    {
+        let dir = dir.clone();
+        threads.push(std::thread::spawn(move || {
+            for n in 1..=CDRS {
+                dir.drop_file(&format!("cdr-{n}.json"), &make_cdr(n));
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        }));
+    }
+    // File rewrites (the watcher), both ways editors save.
+    {
+        let dir = dir.clone();
+        let texts: Vec<String> = (1..=FILE_WRITES).map(version).collect();
+        threads.push(std::thread::spawn(move || {
+            for (i, text) in texts.iter().enumerate() {
+                if i % 2 == 0 {
+                    dir.write_raw_config(text);
+                } else {
+                    dir.write_raw_config_in_place(text);
+                }
+                std::thread::sleep(Duration::from_millis(35));
+            }
+        }));
+    }
+    // The other sources go on past the last write, so reloads that read an
+    // older version are still in flight when the last one is read.
+    // SIGHUP.
+    {
+        let daemon = daemon.clone();
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..PER_SOURCE {
+                daemon.sighup();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }));
+    }
+    // `cdrhook reload`: exit 0, or 1 when it read a refused version (a bad
+    // one, or a file caught half rewritten in place).
+    {
+        let daemon = daemon.clone();
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..PER_SOURCE {
+                let out = daemon.cli(&["reload"]);
+                assert!(
+                    out.status == 0 || (out.status == 1 && out.stderr.contains("config.yaml")),
+                    "cdrhook reload: {out:?}"
+                );
+            }
+        }));
+    }
+    // Raw control requests.
+    {
+        let daemon = daemon.clone();
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..PER_SOURCE {
+                let reply = daemon.request_json(&serde_json::json!({"cmd": "reload"}));
+                assert!(reply["ok"].is_boolean(), "{reply}");
+                std::thread::sleep(Duration::from_millis(45));
+            }
+        }));
+    }
+    // Meanwhile, `status` always shows one version (both endpoints of the
+    // same one), and never an older version than it showed before: reloads
+    // run one at a time, each reading the file as it is then, so a reload
+    // that read an older text can never be applied after a newer one.
+    let watcher = {
+        let daemon = daemon.clone();
+        let storming = storming.clone();
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            let mut newest = 0;
+            while storming.load(Ordering::SeqCst) {
+                let reply = daemon.request_json(&serde_json::json!({"cmd": "status"}));
+                let status = &reply["result"];
+                let subs = status["subscriptions"].as_array().expect("subscriptions");
+                let versions: Vec<Option<u64>> = subs
+                    .iter()
+                    .filter(|s| s["in_config"] == true)
+                    .map(|s| version_of(&s["endpoint"]))
+                    .collect();
+                assert_eq!(versions.len(), 2, "{status:#}");
+                assert_eq!(versions[0], versions[1], "two versions mixed: {status:#}");
+                let v = versions[0].expect("a version in the endpoint");
+                assert!(v >= newest, "version {v} applied after version {newest}");
+                newest = v;
+                seen += 1;
+            }
+            seen
+        })
+    };
+    for t in threads {
+        t.join().expect("storm thread");
+    }
+    storming.store(false, Ordering::SeqCst);
+    assert!(watcher.join().expect("status thread") > 0);
+
+    // The last file's version is in force, and stays so on one more reload.
+    let want = Some(last as u64);
+    wait_for(RELOAD_DEADLINE, "the last file's version in status", || {
+        let status = daemon.status();
+        status["config"]["error"].is_null()
+            && status["subscriptions"]
+                .as_array()
+                .is_some_and(|s| s.iter().all(|s| version_of(&s["endpoint"]) == want))
+    });
+    daemon.cli(&["reload"]).assert_status(0);
+    let status = daemon.status();
+    for s in status["subscriptions"].as_array().expect("subscriptions") {
+        assert_eq!(version_of(&s["endpoint"]), want, "{status:#}");
+    }
+
+    // Nothing lost: every CDR reached both subscriptions, wherever each
+    // version pointed them.
+    wait_delivered(
+        &daemon,
+        &[("crm", CDRS as u64), ("wh", CDRS as u64)],
+        DEADLINE,
+    );
+    for sub in ["crm", "wh"] {
+        let calls: BTreeSet<String> = receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with(&format!("/{sub}")))
+            .map(call_id)
+            .collect();
+        assert_eq!(calls.len(), CDRS, "{sub}: {} distinct calls", calls.len());
+    }
+    wait_drained(&dir, DEADLINE);
+    assert!(
+        daemon.log_contains("config reload refused"),
+        "no refused version was seen"
+    );
+}
