@@ -294,3 +294,77 @@ pub fn watch(
     });
     Ok(watcher)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(name: &str) -> String {
+        format!("subscriptions:\n  - name: {name}\n    endpoint: http://127.0.0.1:1/{name}\n    events: [\"*\"]\n")
+    }
+
+    #[test]
+    fn reloads_publish_whole_versions_in_order_and_a_refusal_changes_only_the_status() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, sub("a")).expect("write");
+        let live = LiveConfig::load(&path).expect("load");
+        let first = live.snapshot();
+        assert_eq!(first.generation, 1);
+
+        let mut applied = Vec::new();
+        let mut record = |s: &Snapshot| applied.push(s.config.subscriptions[0].name.clone());
+
+        // Unchanged file: nothing happens unless forced.
+        assert!(matches!(
+            live.reload(false, &mut record),
+            Ok(Reloaded::Unchanged(_))
+        ));
+        assert!(matches!(
+            live.reload(true, &mut record),
+            Ok(Reloaded::Applied(_))
+        ));
+
+        std::fs::write(&path, sub("b")).expect("write");
+        let b = match live.reload(false, &mut record) {
+            Ok(Reloaded::Applied(s)) => s,
+            _ => panic!("b was not applied"),
+        };
+        assert_eq!(b.generation, 3);
+        assert!(Arc::ptr_eq(&live.snapshot(), &b));
+
+        // A refused version keeps b's config and agent; only the status changes.
+        std::fs::write(&path, "subscriptions:\n  - name: c\n").expect("write");
+        let err = live.reload(false, &mut record).err().expect("refused");
+        assert!(err.contains("config.yaml:"), "{err}");
+        let after = live.snapshot();
+        assert!(Arc::ptr_eq(&after.config, &b.config));
+        assert_eq!(after.generation, b.generation);
+        assert_eq!(after.status.error.as_deref(), Some(err.as_str()));
+        // The same bad text again is not read as new from the watcher.
+        assert!(matches!(
+            live.reload(false, &mut record),
+            Ok(Reloaded::Unchanged(_))
+        ));
+
+        // A ca_file that cannot be read refuses the whole version.
+        std::fs::write(
+            &path,
+            format!("delivery:\n  ca_file: /nonexistent/ca.pem\n{}", sub("d")),
+        )
+        .expect("write");
+        let err = live.reload(false, &mut record).err().expect("refused");
+        assert!(
+            err.contains("delivery.ca_file /nonexistent/ca.pem"),
+            "{err}"
+        );
+        assert!(Arc::ptr_eq(&live.snapshot().config, &b.config));
+
+        std::fs::write(&path, sub("e")).expect("write");
+        assert!(live.reload(false, &mut record).is_ok());
+        let e = live.snapshot();
+        assert_eq!(e.status.error, None);
+        assert_eq!(e.generation, 4);
+        assert_eq!(applied, ["a", "b", "e"]);
+    }
+}
