@@ -129,7 +129,8 @@ impl Redactor {
         }
         self.needles
             .push((secret.to_owned(), replacement.to_owned()));
-        self.needles.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.needles
+            .sort_by_key(|(secret, _)| std::cmp::Reverse(secret.len()));
     }
 
     /// Adds a secret header value: the whole value, and its last word too
