@@ -797,7 +797,9 @@ fn finish_file_via(way: MoveWay, spool: &SpoolConfig, inflight_name: &str) {
     match result {
         Ok(()) => log::debug!("spool: {original} done"),
         // Already gone: finished twice, and the other call moved it.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            log::debug!("spool: {original} was already finished by another thread")
+        }
         Err(e) => log::error!("spool: {inflight_name}: cannot remove from {INFLIGHT}: {e}"),
     }
 }
