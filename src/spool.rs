@@ -51,6 +51,12 @@ const BATCH: usize = 512;
 /// thousands of files, so small CDRs keep the full batch.
 const BATCH_BYTES: usize = 4 << 20;
 
+/// Whether a batch of `files` files holding `bytes` bytes of CDRs takes no
+/// more. An empty batch always takes one, however large.
+fn batch_full(files: usize, bytes: usize) -> bool {
+    files >= BATCH || (files > 0 && bytes >= BATCH_BYTES)
+}
+
 /// Messages to the spool thread.
 pub enum SpoolMsg {
     /// A file name in the spool that may be ready.
@@ -448,7 +454,7 @@ impl Spool {
         let mut parsed: Vec<IngestFile> = Vec::new();
         let mut names: Vec<String> = Vec::new();
         let mut bytes = 0usize;
-        while parsed.len() < BATCH && bytes < BATCH_BYTES {
+        while !batch_full(parsed.len(), bytes) {
             let Some(name) = self.queue.pop_front() else {
                 break;
             };
@@ -640,7 +646,7 @@ impl Spool {
                 }
                 Err(e) => log::error!("spool: {name}: {e}"),
             }
-            if retake.len() >= BATCH || retake_bytes >= BATCH_BYTES {
+            if batch_full(retake.len(), retake_bytes) {
                 retaken += retake.len();
                 self.retake(std::mem::take(&mut retake), &subs)?;
                 retake_bytes = 0;
@@ -1438,6 +1444,26 @@ mod tests {
         fs::write(&other, b"{}").expect("write");
         fs::rename(&other, &path).expect("rename");
         assert_ne!(second, stamp(), "a new file under the name");
+    }
+
+    #[test]
+    fn a_batch_ends_at_its_file_count_or_its_bytes_but_holds_one_file() {
+        let mib = 1 << 20;
+        for (files, bytes, full) in [
+            (0, 0, false),
+            (1, 10 * mib, true), // one file over the byte budget: alone
+            (1, 1000, false),
+            (20, 4 * mib - 1, false),
+            (20, 4 * mib, true),
+            (511, 600 * 511, false),
+            (512, 600 * 512, true), // small CDRs: the count ends it
+        ] {
+            assert_eq!(
+                batch_full(files, bytes),
+                full,
+                "{files} files, {bytes} bytes"
+            );
+        }
     }
 
     #[test]
