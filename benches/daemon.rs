@@ -4,10 +4,13 @@
 //! - backlog drain: N pre-dropped files to delivered, in CDR/s, with one and
 //!   with three subscriptions, and the peak resident memory while draining;
 //! - steady state: drop-to-POST latency p50/p99 at a fixed rate;
-//! - idle: resident memory and CPU time over an idle period.
+//! - idle: resident memory and CPU time over an idle period;
+//! - large CDRs (issue 8): a backlog of 2,000 recording CDRs of 200 KB and
+//!   one of 200 of 2 MB, drained, with the peak resident memory.
 //!
 //! `cargo bench --bench daemon` runs everything with the defaults;
-//! `cargo bench --bench daemon -- --files 20000 --idle-secs 10` for a quick look.
+//! `cargo bench --bench daemon -- --files 20000 --idle-secs 10` for a quick look;
+//! `cargo bench --bench daemon -- --large` for the large-CDR drains alone.
 //! Results are printed as a Markdown table for BENCHMARKS.md.
 
 use std::collections::HashMap;
@@ -26,6 +29,8 @@ struct Opts {
     idle_secs: u64,
     /// Only the drain with this many subscriptions (for profiling).
     only: Option<usize>,
+    /// Only the large-CDR drains.
+    large: bool,
 }
 
 fn opts() -> Opts {
@@ -35,6 +40,7 @@ fn opts() -> Opts {
         steady_secs: 20,
         idle_secs: 60,
         only: None,
+        large: false,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -46,6 +52,11 @@ fn opts() -> Opts {
             "--steady-secs" => o.steady_secs = value().unwrap_or(o.steady_secs),
             "--idle-secs" => o.idle_secs = value().unwrap_or(o.idle_secs),
             "--only" => o.only = value().map(|v| v as usize),
+            "--large" => {
+                o.large = true;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1;
                 continue;
@@ -148,6 +159,51 @@ fn cdr(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A recording CDR of about `size` bytes: most of it is the transcript, as
+/// with the phone system's long calls.
+fn recording_cdr(i: usize, size: usize) -> Vec<u8> {
+    const WORDS: [&str; 12] = [
+        "thanks",
+        "for",
+        "calling",
+        "billing",
+        "support",
+        "my",
+        "invoice",
+        "shows",
+        "a",
+        "duplicate",
+        "charge",
+        "again",
+    ];
+    let mut out = format!(
+        "{{\"EventType\":\"App.RecordingWebhook\",\"CallId\":\"bench-{i}\",\"RecordingFileName\":\"rec-{i}.wav\",\"CallDirection\":\"Inbound\",\"CallerNumber\":\"+13125550187\",\"Transcription\":["
+    );
+    let mut n = i;
+    while out.len() + 200 < size {
+        if !out.ends_with('[') {
+            out.push(',');
+        }
+        let speaker = if n % 2 == 0 { "Agent" } else { "Caller" };
+        out.push_str(&format!(
+            "{{\"Speaker\":\"{speaker}\",\"Offset\":{},\"Text\":\"",
+            n % 3600
+        ));
+        for w in 0..16 {
+            if w > 0 {
+                out.push(' ');
+            }
+            n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            out.push_str(WORDS[(n >> 33) % WORDS.len()]);
+        }
+        out.push_str("\"}");
+    }
+    out.push_str("]}");
+    out.into_bytes()
+}
+
 fn drop_file(spool: &Path, name: &str, bytes: &[u8]) {
     let tmp = spool.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, bytes).expect("write spool file");
@@ -245,11 +301,19 @@ struct Drain {
 }
 
 fn drain(n: usize, subs: usize) -> (Drain, Option<(Child, Setup, Receiver)>) {
+    drain_of(n, subs, &cdr)
+}
+
+fn drain_of(
+    n: usize,
+    subs: usize,
+    make: &dyn Fn(usize) -> Vec<u8>,
+) -> (Drain, Option<(Child, Setup, Receiver)>) {
     let receiver = Receiver::start();
     let s = setup(&receiver, subs);
     eprintln!("dropping {n} files…");
     for i in 0..n {
-        drop_file(&s.spool, &format!("cdr-{i:07}.json"), &cdr(i));
+        drop_file(&s.spool, &format!("cdr-{i:07}.json"), &make(i));
     }
     let started = Instant::now();
     let child = start_daemon(&s);
@@ -330,6 +394,30 @@ fn steady(child_setup: &(Child, Setup, Receiver), rate: usize, secs: u64) -> (f6
     (pct(0.50), pct(0.99), lat.len())
 }
 
+/// Large recording CDRs (issue 8): memory must stay bounded by bytes, not
+/// only by the number of files. Prints Markdown rows.
+fn large() {
+    let mut rows = Vec::new();
+    for (n, size) in [(2_000, 200 << 10), (200, 2 << 20)] {
+        let (d, rest) = drain_of(n, 1, &|i| recording_cdr(i, size));
+        if let Some((child, _, _)) = rest {
+            stop(child);
+        }
+        rows.push(format!(
+            "| backlog drain, {n} recording CDRs of {} KB, 1 subscription | {:.1} s = {:.0} CDR/s; peak RSS **{} MiB** | ≤ 64 MiB |",
+            size >> 10,
+            d.secs,
+            d.rate,
+            d.peak_rss_kib / 1024
+        ));
+    }
+    println!("| measure | result | target |");
+    println!("|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+}
+
 fn main() {
     let o = opts();
     let date = SystemTime::now()
@@ -337,6 +425,10 @@ fn main() {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     eprintln!("cdrhook benchmark (unix time {date}), {} files", o.files);
+    if o.large {
+        large();
+        return;
+    }
 
     if let Some(subs) = o.only {
         let (_, rest) = drain(o.files, subs);

@@ -61,6 +61,18 @@ pub enum Rejection {
     TestEventFromSpool {
         index: Option<usize>,
     },
+    /// cdrhook may not open the file: the writer left no read access for
+    /// cdrhook's group. The spool fills these in from `lstat`, which needs
+    /// no access to the file.
+    Unreadable {
+        /// The operating system's message (`Permission denied`).
+        error: String,
+        mode: u32,
+        owner_uid: u32,
+        group_gid: u32,
+        /// The user cdrhook runs as.
+        reader_uid: u32,
+    },
 }
 
 impl fmt::Display for Rejection {
@@ -108,6 +120,25 @@ impl fmt::Display for Rejection {
                  (QueueId/WaitTime/MetServiceLevel, IvrId/IvrInputs, \
                  CallState/InteractionObjectId/WrapupData, RecordingFileName/Transcription)",
                 at(index)
+            ),
+            Rejection::Unreadable {
+                error,
+                mode,
+                owner_uid,
+                group_gid,
+                reader_uid,
+            } => write!(
+                f,
+                "cdrhook (uid {reader_uid}) may not read this file: {error} (mode {:04o}, \
+                 owner uid {owner_uid}, group gid {group_gid}). The phone system's umask (or \
+                 the mode it creates files with) left no read access for group cdrhook. \
+                 Fix: group cdrhook needs read access to every file in the spool; the \
+                 default ACL that cdrhook's tmpfiles entry puts on the spool grants it \
+                 whatever the writer's umask (restore it with \
+                 `systemd-tmpfiles --create cdrhook.conf`), or let the phone system write \
+                 with umask 027. Then give this file group read access (chmod g+r) and \
+                 move it back into the spool",
+                mode & 0o7777
             ),
             Rejection::TestEventFromSpool { index } => write!(
                 f,
@@ -415,6 +446,29 @@ mod tests {
             parse_file(br#"{"QueueId":1} trailing"#),
             Err(Rejection::InvalidJson { .. })
         ));
+    }
+
+    #[test]
+    fn an_unreadable_file_names_the_cause_and_the_fix() {
+        let text = Rejection::Unreadable {
+            error: "Permission denied (os error 13)".to_string(),
+            mode: 0o100600,
+            owner_uid: 1000,
+            group_gid: 998,
+            reader_uid: 998,
+        }
+        .to_string();
+        for needle in [
+            "Permission denied",
+            "mode 0600",
+            "owner uid 1000",
+            "group cdrhook needs read access",
+            "umask",
+            "ACL",
+            "move it back into the spool",
+        ] {
+            assert!(text.contains(needle), "{needle:?} missing from: {text}");
+        }
     }
 
     #[test]

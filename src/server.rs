@@ -67,6 +67,8 @@ pub struct Daemon {
     pub dispatcher: Arc<Dispatcher>,
     spool_tx: std_mpsc::Sender<SpoolMsg>,
     pub started_ms: u64,
+    /// Files rejected since start, for `status`.
+    pub rejections: Arc<spool::Rejections>,
 }
 
 impl Daemon {
@@ -239,6 +241,7 @@ async fn start(
         ),
     }
     let spool = Spool::new(live.clone(), journal.clone(), dispatcher.clone(), spool_rx);
+    let rejections = spool.rejections();
     let spool_thread = std::thread::Builder::new()
         .name("spool".into())
         .spawn(move || spool.run())
@@ -259,6 +262,7 @@ async fn start(
         dispatcher,
         spool_tx,
         started_ms: now_ms(),
+        rejections,
     });
     let (stop, stop_rx) = watch::channel(false);
     let control = tokio::spawn(control::serve(

@@ -779,3 +779,61 @@ fn same_name_reused_with_new_content() {
     assert_eq!(fs::read(dir.archive().join("x.json")).expect("read"), a);
     assert_eq!(fs::read(dir.archive().join("x.json.1")).expect("read"), b);
 }
+
+// ---------------------------------------------------------------------------
+// Several subscriptions end the deliveries of one file at the same moment
+
+/// Every file's last deliveries end on different threads at nearly the
+/// same time (four subscriptions, answers held 20 ms so they return
+/// together): each file is still archived exactly once, under its name,
+/// never also as `NAME.json.1`. (The unit test
+/// `spool::tests::concurrent_finish_of_one_file_archives_exactly_one_copy`
+/// hits the race directly; this is the same promise end to end.)
+#[test]
+fn subscriptions_finishing_one_file_together_archive_it_once() {
+    let _heavy = serialised();
+    const FILES: usize = 150;
+    const SUBS: usize = 4;
+    let receiver = Receiver::start();
+    receiver.set_default(Behaviour::Sleep(Duration::from_millis(20)));
+    let dir = TestDir::new();
+    let subs: Vec<String> = (0..SUBS)
+        .map(|s| subscription(&format!("s{s}"), &receiver.url(&format!("/s{s}")), &["*"]))
+        .collect();
+    dir.config()
+        .subscriptions(&subs.join(""))
+        .spool("after_ingest: archive")
+        .delivery_extra("concurrency: 8")
+        .write();
+    let daemon = Daemon::start(&dir);
+    let mut names = BTreeSet::new();
+    for i in 0..FILES {
+        let name = format!("f{i:04}.json");
+        dir.drop_file(&name, &make_cdr(i));
+        names.insert(name);
+    }
+    let want: Vec<(String, u64)> = (0..SUBS).map(|s| (format!("s{s}"), FILES as u64)).collect();
+    let want: Vec<(&str, u64)> = want.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    wait_delivered(&daemon, &want, Duration::from_secs(60));
+    wait_for(DEADLINE, "every file out of .inflight/", || {
+        inflight_files(&dir).is_empty()
+    });
+    let archived: BTreeSet<String> = dir.archive_files().into_iter().collect();
+    assert_eq!(
+        archived, names,
+        "each file archived once, under its own name"
+    );
+    assert!(
+        !daemon.log_contains("cannot remove"),
+        "{}",
+        daemon.log_tail(50)
+    );
+    // How often the race was actually run (it depends on timing).
+    eprintln!(
+        "files finished twice at once: {}",
+        daemon
+            .log()
+            .matches("already finished by another thread")
+            .count()
+    );
+}

@@ -14,6 +14,7 @@ pub fn collect(d: &Daemon) -> Value {
     let load = &snapshot.status;
     let counts = d.journal.counts();
     let (backlog, in_flight) = d.spool_backlog();
+    let rejected = d.rejections.summary();
     let time = |ms: Option<u64>| ms.map(rfc3339);
     let mut subs = Vec::new();
     let mut listed = Vec::new();
@@ -71,6 +72,14 @@ pub fn collect(d: &Daemon) -> Value {
             "dir": cfg.spool.dir.display().to_string(),
             "backlog": backlog,
             "in_flight": in_flight,
+            "rejected": rejected.count,
+            "rejected_dir": cfg.spool.rejected_dir.display().to_string(),
+            "last_rejection": rejected.last.map(|r| json!({
+                "file": r.file,
+                "reason": r.reason,
+                "time": rfc3339(r.time_ms),
+                "not_moved": r.not_moved,
+            })),
         },
         "journal": {
             "path": cfg.journal.path.display().to_string(),
@@ -119,6 +128,19 @@ pub fn render(v: &Value) -> String {
         cell(&v["spool"]["backlog"]),
         cell(&v["spool"]["in_flight"])
     ));
+    if let Some(n) = v["spool"]["rejected"].as_u64().filter(|&n| n > 0) {
+        let last = &v["spool"]["last_rejection"];
+        out.push_str(&format!(
+            "         {n} file(s) rejected since start, into {}; last {} at {}: {}\n",
+            cell(&v["spool"]["rejected_dir"]),
+            cell(&last["file"]),
+            local_time(&last["time"]),
+            cell(&last["reason"])
+        ));
+        if let Some(why) = last["not_moved"].as_str() {
+            out.push_str(&format!("         NOT MOVED: {why}\n"));
+        }
+    }
     out.push_str(&format!(
         "journal: {} ({} MiB){}\n\n",
         cell(&v["journal"]["path"]),

@@ -680,6 +680,28 @@ impl Daemon {
     /// `daemon-N.log` there; `RUST_LOG=debug` unless `env` sets it) without
     /// waiting.
     pub fn spawn_args(dir: &TestDir, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_args_as(dir, args, env, None)
+    }
+
+    /// `cdrhook run --config <dir>/config.yaml` as user `uid` and group
+    /// `gid` (no supplementary groups), waiting until it answers. Needs
+    /// root; the caller gives that user access to `dir`.
+    #[track_caller]
+    pub fn start_as(dir: &TestDir, uid: u32, gid: u32, env: &[(&str, &str)]) -> Daemon {
+        let config = dir.config_path();
+        let config = config.to_str().expect("UTF-8 config path");
+        let mut daemon =
+            Daemon::spawn_args_as(dir, &["run", "--config", config], env, Some((uid, gid)));
+        daemon.wait_ready(START_DEADLINE);
+        daemon
+    }
+
+    fn spawn_args_as(
+        dir: &TestDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+        user: Option<(u32, u32)>,
+    ) -> Daemon {
         let n = dir.starts.fetch_add(1, Ordering::SeqCst) + 1;
         let log_path = dir.path().join(format!("daemon-{n}.log"));
         let log = File::create(&log_path)
@@ -694,6 +716,10 @@ impl Daemon {
             .stderr(log_err);
         for (key, value) in env {
             cmd.env(key, value);
+        }
+        if let Some((uid, gid)) = user {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(gid);
         }
         let child = cmd
             .spawn()
