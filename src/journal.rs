@@ -223,6 +223,8 @@ pub struct OpenDelivery {
     pub subscription: String,
     /// `Some` for a retrying delivery: when its retry is due.
     pub retry_at_ms: Option<u64>,
+    /// `test` for a test webhook, which is never resumed.
+    pub origin: Trigger,
 }
 
 /// Per-subscription counts for `status`.
@@ -517,6 +519,7 @@ impl Journal {
                         State::Retrying => Some(d.next_at_ms.unwrap_or(0)),
                         _ => None,
                     },
+                    origin: d.origin,
                 });
             }
             counts
@@ -926,6 +929,48 @@ impl Journal {
         } else {
             Ok(Vec::new())
         }
+    }
+
+    /// Ends an open delivery as dead without an attempt, with `error` as
+    /// its last error and its subscription's last failure (a test webhook
+    /// the daemon was stopped in the middle of). Returns `None` if it was
+    /// not open (or is gone), else the in-flight files now finished.
+    pub fn end_delivery(&self, id: DeliveryId, error: &str) -> Result<Option<Vec<String>>> {
+        self.written.notify_one();
+        let now = now_ms();
+        let new = {
+            let _guard = self.lock_writes();
+            let Some(old) = self.delivery(id)?.filter(|d| d.state.is_open()) else {
+                return Ok(None);
+            };
+            let mut new = old.clone();
+            new.state = State::Dead;
+            new.next_at_ms = None;
+            new.ended_ms = Some(now);
+            new.last_error = Some(error.to_string());
+            self.write_delivery(Some(&old), &new)?;
+            new
+        };
+        let snapshot = {
+            let mut counts = self.lock_counts();
+            let c = counts.entry(new.subscription.clone()).or_default();
+            c.last_failure_ms = Some(now);
+            c.last_error = Some(error.to_string());
+            SubCounts {
+                last_success_ms: c.last_success_ms,
+                last_failure_ms: c.last_failure_ms,
+                last_error: c.last_error.clone(),
+                ..SubCounts::default()
+            }
+        };
+        self.t()?
+            .sub_last
+            .insert(
+                new.subscription.as_bytes(),
+                serde_json::to_vec(&snapshot).map_err(corrupt("encode sub_last"))?,
+            )
+            .map_err(self.sled_err("write sub_last"))?;
+        self.finished_files_of(new.cdr_seq).map(Some)
     }
 
     fn note_result(&self, sub: &str, attempt: &Attempt) -> Result<()> {
