@@ -1371,6 +1371,39 @@ mod tests {
     }
 
     #[test]
+    fn an_open_test_webhook_is_found_at_open_and_can_be_ended_without_an_attempt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        let id = {
+            let j = Journal::open(&path, 1 << 20).expect("open");
+            let meta = j
+                .put_cdr(&Cdr {
+                    id: "t1".into(),
+                    event_type: crate::config::EventType::Test,
+                    call_id: None,
+                    body: b"{}".to_vec(),
+                })
+                .expect("put");
+            let (d, _) = j.ensure_delivery(&meta, "crm", Trigger::Test).expect("ensure");
+            j.flush().expect("flush");
+            d.id
+        };
+        let j = Journal::open(&path, 1 << 20).expect("reopen");
+        let open = j.take_open_deliveries();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].origin, Trigger::Test);
+        let files = j.end_delivery(id, "restarted").expect("end");
+        assert_eq!(files, Some(vec![]), "a test CDR came in no file");
+        let d = j.delivery(id).expect("read").expect("kept");
+        assert_eq!((d.state, d.attempts), (State::Dead, 0));
+        assert_eq!(d.last_error.as_deref(), Some("restarted"));
+        let c = &j.counts()["crm"];
+        assert_eq!((c.pending, c.dead), (0, 1));
+        assert_eq!(c.last_error.as_deref(), Some("restarted"));
+        assert_eq!(j.end_delivery(id, "again").expect("end"), None, "ended once");
+    }
+
+    #[test]
     fn prune_keeps_open_deliveries_and_removes_ended_ones() {
         let (_d, j) = open_tmp();
         let a = sub("a");
