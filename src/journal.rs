@@ -1384,7 +1384,9 @@ mod tests {
                     body: b"{}".to_vec(),
                 })
                 .expect("put");
-            let (d, _) = j.ensure_delivery(&meta, "crm", Trigger::Test).expect("ensure");
+            let (d, _) = j
+                .ensure_delivery(&meta, "crm", Trigger::Test)
+                .expect("ensure");
             j.flush().expect("flush");
             d.id
         };
@@ -1400,7 +1402,11 @@ mod tests {
         let c = &j.counts()["crm"];
         assert_eq!((c.pending, c.dead), (0, 1));
         assert_eq!(c.last_error.as_deref(), Some("restarted"));
-        assert_eq!(j.end_delivery(id, "again").expect("end"), None, "ended once");
+        assert_eq!(
+            j.end_delivery(id, "again").expect("end"),
+            None,
+            "ended once"
+        );
     }
 
     #[test]

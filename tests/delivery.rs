@@ -499,7 +499,10 @@ fn a_test_webhook_cut_short_by_a_crash_is_ended_as_failed_not_retried() {
     // The test ends failed; the CDR's delivery is resumed and goes out.
     wait_counts(&daemon, &[("crm", [0, 0, 1, 1])], DEADLINE);
     let status = daemon.subscription_status("crm").to_string();
-    assert!(status.contains("restarted"), "the reason is shown: {status}");
+    assert!(
+        status.contains("restarted"),
+        "the reason is shown: {status}"
+    );
     dir.drop_file("one.json", &make_cdr(1));
     wait_counts(&daemon, &[("crm", [0, 0, 1, 2])], DEADLINE);
     let tests: Vec<_> = receiver
@@ -507,7 +510,11 @@ fn a_test_webhook_cut_short_by_a_crash_is_ended_as_failed_not_retried() {
         .into_iter()
         .filter(|r| r.header("x-webhook-event") == Some("App.TestWebhook"))
         .collect();
-    assert_eq!(tests.len(), 1, "the test webhook was sent once, never again");
+    assert_eq!(
+        tests.len(),
+        1,
+        "the test webhook was sent once, never again"
+    );
     assert!(
         daemon.log().contains("test webhook"),
         "the log says what happened: {}",

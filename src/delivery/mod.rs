@@ -304,9 +304,9 @@ impl Worker {
             let due = if stopping {
                 None
             } else {
-                self.queue.next_wakeup(self.limit()).map(|at| {
-                    Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
-                })
+                self.queue
+                    .next_wakeup(self.limit())
+                    .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())))
             };
             tokio::select! {
                 msg = rx.recv(), if !stopping => match msg {
@@ -374,7 +374,10 @@ impl Worker {
             } => {
                 let (queued, tests) = self.queue.resume(items, tests, skip_held);
                 if skip_held && queued > 0 {
-                    log::info!("subscription {}: {queued} deliveries queued again", self.name);
+                    log::info!(
+                        "subscription {}: {queued} deliveries queued again",
+                        self.name
+                    );
                 }
                 if !tests.is_empty() {
                     let ctx = self.ctx.clone();
@@ -600,7 +603,10 @@ fn attempt(
         d.failures += 1;
         let asked = schedule::retry_after(outcome.status, outcome.retry_after.as_deref(), now)
             .unwrap_or_else(|e| {
-                log::warn!("delivery d{id} to {}: {e}; waiting per retry_schedule", d.subscription);
+                log::warn!(
+                    "delivery d{id} to {}: {e}; waiting per retry_schedule",
+                    d.subscription
+                );
                 None
             });
         let retry_schedule = &ctx.settings().retry_schedule;

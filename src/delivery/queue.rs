@@ -573,7 +573,11 @@ mod tests {
             let mut q = queue();
             q.enqueue((1..=n).map(|id| (id, None)));
             let h = q.dispatch(0, limit);
-            assert_eq!(h.iter().map(Vec::len).collect::<Vec<_>>(), sizes, "{n} queued, limit {limit}");
+            assert_eq!(
+                h.iter().map(Vec::len).collect::<Vec<_>>(),
+                sizes,
+                "{n} queued, limit {limit}"
+            );
             let got = ids(&h);
             let want: Vec<u64> = (1..=got.len() as u64).collect();
             assert_eq!(got, want, "in order");
@@ -610,7 +614,11 @@ mod tests {
             let mut q: Queue<()> = Queue::new(seed);
             q.set_subscription(active("x"));
             q.enqueue((1..=8).map(|id| (id, None)));
-            q.dispatch(0, 8).into_iter().flatten().map(|j| j.random).collect::<Vec<_>>()
+            q.dispatch(0, 8)
+                .into_iter()
+                .flatten()
+                .map(|j| j.random)
+                .collect::<Vec<_>>()
         };
         assert_eq!(randoms(7), randoms(7), "the same seed, the same jitter");
         assert_ne!(randoms(7), randoms(8));
@@ -817,7 +825,10 @@ mod tests {
         q.request(8, Trigger::Resend, Some("op"));
         q.request(9, Trigger::Test, Some("test"));
         let h = q.dispatch(1_000, 2);
-        assert_eq!(started(&h), [vec![(7, Trigger::Replay)], vec![(8, Trigger::Resend)]]);
+        assert_eq!(
+            started(&h),
+            [vec![(7, Trigger::Replay)], vec![(8, Trigger::Resend)]]
+        );
         assert_eq!(h[1][0].replies, ["op"]);
         // Slots full; the test is next, still ahead of the queue.
         finish(&mut q, h, 1_000, |_| Outcome::Sent {
@@ -869,7 +880,10 @@ mod tests {
         // Now the resend; the (due) retry of 1 must not run beside it.
         let h = q.dispatch(0, LIMIT);
         assert_eq!(started(&h), [vec![(1, Trigger::Resend)]]);
-        assert!(q.dispatch(0, LIMIT).is_empty(), "the retry waits for the resend");
+        assert!(
+            q.dispatch(0, LIMIT).is_empty(),
+            "the retry waits for the resend"
+        );
     }
 
     /// Issue 8 item 3: SIGUSR1 ten times in a row queues each delivery once.
@@ -891,8 +905,15 @@ mod tests {
             q.request(1, Trigger::Resend, None);
         }
         let h = q.dispatch(0, LIMIT);
-        assert_eq!(started(&h), [vec![(1, Trigger::Resend)], vec![(2, Trigger::Replay)]]);
-        assert_eq!(h[0][0].replies, ["cli"], "the one waiting gets the one attempt");
+        assert_eq!(
+            started(&h),
+            [vec![(1, Trigger::Resend)], vec![(2, Trigger::Replay)]]
+        );
+        assert_eq!(
+            h[0][0].replies,
+            ["cli"],
+            "the one waiting gets the one attempt"
+        );
         // Once started, a new request is a new attempt (queued once more).
         assert_eq!(q.request(1, Trigger::Resend, None), Requested::Queued);
         assert_eq!(q.request(1, Trigger::Resend, None), Requested::Joined);
@@ -925,7 +946,10 @@ mod tests {
         assert_eq!(ids(&h), [2], "the test is in flight");
         // Start-up: nothing held, every open test is ended.
         let mut fresh = queue();
-        assert_eq!(fresh.resume(vec![(1, None), (3, Some(5))], vec![9], false), (2, vec![9]));
+        assert_eq!(
+            fresh.resume(vec![(1, None), (3, Some(5))], vec![9], false),
+            (2, vec![9])
+        );
         // After a journal reopen: skip what is held; a test in flight is
         // left to its attempt.
         assert_eq!(

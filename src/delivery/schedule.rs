@@ -96,7 +96,9 @@ pub fn parse_retry_after(value: &str, now_ms: u64) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Beyond u64 seconds is still "very long": the cap applies anyway.
-        return Some(Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX)));
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
     let when_ms = http_date_ms(value)?;
     Some(Duration::from_millis(when_ms.saturating_sub(now_ms)))
@@ -135,7 +137,11 @@ mod tests {
             (MS(1), u64::MAX, MS(1)),
         ];
         for (step, random, want) in table {
-            assert_eq!(jittered(step, random), want, "step {step:?} random {random}");
+            assert_eq!(
+                jittered(step, random),
+                want,
+                "step {step:?} random {random}"
+            );
         }
         for step in [MS(7), MS(700), S(5), S(300), S(36_000)] {
             let lo = step.mul_f64(0.8);
@@ -200,7 +206,8 @@ mod tests {
     fn retry_after_counts_on_429_and_503_only() {
         let now = 1_000_000_000_000;
         // (status, header, expected)
-        let table: [(Option<u16>, Option<&str>, Result<Option<Duration>, ()>); 9] = [
+        type Row<'a> = (Option<u16>, Option<&'a str>, Result<Option<Duration>, ()>);
+        let table: [Row; 9] = [
             (Some(503), Some("120"), Ok(Some(S(120)))),
             (Some(429), Some(" 7 "), Ok(Some(S(7)))),
             (Some(503), Some("0"), Ok(Some(S(0)))),
@@ -226,7 +233,10 @@ mod tests {
         let table = [
             ("120", Some(S(120))),
             ("0", Some(S(0))),
-            ("99999999999999999999999", Some(Duration::from_secs(u64::MAX))),
+            (
+                "99999999999999999999999",
+                Some(Duration::from_secs(u64::MAX)),
+            ),
             ("Mon, 01 Jan 2024 00:00:30 GMT", Some(S(30))),
             ("Monday, 01-Jan-24 00:01:00 GMT", Some(S(60))),
             ("Mon Jan  1 00:00:05 2024", Some(S(5))),
@@ -245,9 +255,15 @@ mod tests {
     #[test]
     fn an_http_date_raises_the_wait_like_seconds_do() {
         let now = 1_704_067_200_000;
-        let asked = retry_after(Some(503), Some("Mon, 01 Jan 2024 00:00:15 GMT"), now)
-            .expect("a date");
+        let asked =
+            retry_after(Some(503), Some("Mon, 01 Jan 2024 00:00:15 GMT"), now).expect("a date");
         let w = next_wait(&[S(10)], 1, asked, 0).expect("a wait");
-        assert_eq!(w, Wait { wait: S(15), hold: Some(S(15)) });
+        assert_eq!(
+            w,
+            Wait {
+                wait: S(15),
+                hold: Some(S(15))
+            }
+        );
     }
 }
