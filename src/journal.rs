@@ -223,6 +223,8 @@ pub struct OpenDelivery {
     pub subscription: String,
     /// `Some` for a retrying delivery: when its retry is due.
     pub retry_at_ms: Option<u64>,
+    /// `test` for a test webhook, which is never resumed.
+    pub origin: Trigger,
 }
 
 /// Per-subscription counts for `status`.
@@ -517,6 +519,7 @@ impl Journal {
                         State::Retrying => Some(d.next_at_ms.unwrap_or(0)),
                         _ => None,
                     },
+                    origin: d.origin,
                 });
             }
             counts
@@ -928,6 +931,48 @@ impl Journal {
         }
     }
 
+    /// Ends an open delivery as dead without an attempt, with `error` as
+    /// its last error and its subscription's last failure (a test webhook
+    /// the daemon was stopped in the middle of). Returns `None` if it was
+    /// not open (or is gone), else the in-flight files now finished.
+    pub fn end_delivery(&self, id: DeliveryId, error: &str) -> Result<Option<Vec<String>>> {
+        self.written.notify_one();
+        let now = now_ms();
+        let new = {
+            let _guard = self.lock_writes();
+            let Some(old) = self.delivery(id)?.filter(|d| d.state.is_open()) else {
+                return Ok(None);
+            };
+            let mut new = old.clone();
+            new.state = State::Dead;
+            new.next_at_ms = None;
+            new.ended_ms = Some(now);
+            new.last_error = Some(error.to_string());
+            self.write_delivery(Some(&old), &new)?;
+            new
+        };
+        let snapshot = {
+            let mut counts = self.lock_counts();
+            let c = counts.entry(new.subscription.clone()).or_default();
+            c.last_failure_ms = Some(now);
+            c.last_error = Some(error.to_string());
+            SubCounts {
+                last_success_ms: c.last_success_ms,
+                last_failure_ms: c.last_failure_ms,
+                last_error: c.last_error.clone(),
+                ..SubCounts::default()
+            }
+        };
+        self.t()?
+            .sub_last
+            .insert(
+                new.subscription.as_bytes(),
+                serde_json::to_vec(&snapshot).map_err(corrupt("encode sub_last"))?,
+            )
+            .map_err(self.sled_err("write sub_last"))?;
+        self.finished_files_of(new.cdr_seq).map(Some)
+    }
+
     fn note_result(&self, sub: &str, attempt: &Attempt) -> Result<()> {
         let t = self.t()?;
         let snapshot = {
@@ -1323,6 +1368,45 @@ mod tests {
         assert!(!created);
         assert_eq!(d.id, again.id);
         assert_eq!(j.counts()["new"].pending, 1);
+    }
+
+    #[test]
+    fn an_open_test_webhook_is_found_at_open_and_can_be_ended_without_an_attempt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("journal");
+        let id = {
+            let j = Journal::open(&path, 1 << 20).expect("open");
+            let meta = j
+                .put_cdr(&Cdr {
+                    id: "t1".into(),
+                    event_type: crate::config::EventType::Test,
+                    call_id: None,
+                    body: b"{}".to_vec(),
+                })
+                .expect("put");
+            let (d, _) = j
+                .ensure_delivery(&meta, "crm", Trigger::Test)
+                .expect("ensure");
+            j.flush().expect("flush");
+            d.id
+        };
+        let j = Journal::open(&path, 1 << 20).expect("reopen");
+        let open = j.take_open_deliveries();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].origin, Trigger::Test);
+        let files = j.end_delivery(id, "restarted").expect("end");
+        assert_eq!(files, Some(vec![]), "a test CDR came in no file");
+        let d = j.delivery(id).expect("read").expect("kept");
+        assert_eq!((d.state, d.attempts), (State::Dead, 0));
+        assert_eq!(d.last_error.as_deref(), Some("restarted"));
+        let c = &j.counts()["crm"];
+        assert_eq!((c.pending, c.dead), (0, 1));
+        assert_eq!(c.last_error.as_deref(), Some("restarted"));
+        assert_eq!(
+            j.end_delivery(id, "again").expect("end"),
+            None,
+            "ended once"
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 mod common;
 mod support;
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::*;
 use support::*;
@@ -363,4 +364,160 @@ fn a_4xx_answer_to_the_probe_releases_the_queue() {
     assert_eq!(rest, BTreeSet::from(["call-2", "call-3"]), "{calls:?}");
     // b and c delivered; a waits for its own next retry.
     wait_counts(&daemon, &[("crm", [0, 1, 0, 2])], DEADLINE);
+}
+
+/// The attempt numbers and reception times of each call on `path`.
+fn attempts_by_call(receiver: &Receiver, path: &str) -> BTreeMap<String, Vec<(u32, Instant)>> {
+    let mut by_call: BTreeMap<String, Vec<(u32, Instant)>> = BTreeMap::new();
+    for r in receiver.requests_for(path) {
+        by_call
+            .entry(call_id(&r))
+            .or_default()
+            .push((attempt_no(&r), r.received));
+    }
+    by_call
+}
+
+/// Issue 8 item 1: an endpoint that answers every request `503` with
+/// `Retry-After: 0` gets the schedule, not a burst. Each wait is at least
+/// the step's jittered minimum (800ms of a 1s step), so a delivery is dead
+/// only after its whole schedule; and the next pending delivery, which
+/// becomes the probe, is not killed in a burst either.
+#[test]
+fn retry_after_zero_never_shortens_the_schedule() {
+    let receiver = Receiver::start();
+    receiver.set(
+        "/busy",
+        Behaviour::status_with_headers(503, &[("Retry-After", "0")]),
+    );
+    let dir = TestDir::new();
+    dir.write_config(
+        &subscription("busy", &receiver.url("/busy"), &["*"]),
+        Some("timeout: 2s\nretry_schedule: [1s, 1s, 1s]"),
+    );
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("one.json", &make_cdr(1));
+    receiver.wait_for_requests("/busy", 1, DEADLINE);
+    dir.drop_file("two.json", &make_cdr(2));
+    wait_counts(&daemon, &[("busy", [0, 0, 2, 0])], Duration::from_secs(40));
+
+    let by_call = attempts_by_call(&receiver, "/busy");
+    assert_eq!(by_call.len(), 2, "{by_call:?}");
+    for (call, attempts) in &by_call {
+        let numbers: Vec<u32> = attempts.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, [1, 2, 3, 4], "{call}: one attempt per step");
+        let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1].1 - w[0].1).collect();
+        for gap in &gaps {
+            assert!(
+                *gap >= Duration::from_millis(800),
+                "{call}: Retry-After: 0 shortened a 1s step (±20%) to {gap:?}; gaps {gaps:?}"
+            );
+        }
+        let span = attempts[3].1 - attempts[0].1;
+        assert!(
+            span >= Duration::from_millis(2400),
+            "{call}: dead after {span:?}, before its schedule had passed"
+        );
+    }
+}
+
+/// A `Retry-After` given as an HTTP date lengthens the wait like seconds
+/// do (here a date a minute away, capped at twice the 800ms step).
+#[test]
+fn retry_after_as_an_http_date_raises_the_wait() {
+    let receiver = Receiver::start();
+    let later = (chrono::Utc::now() + chrono::Duration::seconds(60))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    receiver.set(
+        "/dated",
+        Behaviour::Sequence(vec![
+            Behaviour::status_with_headers(503, &[("Retry-After", &later)]),
+            Behaviour::Status(200),
+        ]),
+    );
+    let dir = TestDir::new();
+    dir.write_config(
+        &subscription("dated", &receiver.url("/dated"), &["*"]),
+        Some("timeout: 2s\nretry_schedule: [800ms]"),
+    );
+    let daemon = Daemon::start(&dir);
+    dir.drop_file("one.json", &make_cdr(1));
+    wait_delivered(&daemon, &[("dated", 1)], DEADLINE);
+    let got = receiver.requests_for("/dated");
+    assert_eq!(got.len(), 2);
+    let gap = got[1].received - got[0].received;
+    // A plain retry comes after 640..960ms; the date asks for a minute,
+    // honoured up to 1.6s.
+    assert!(
+        gap >= Duration::from_millis(1500),
+        "Retry-After {later:?} must raise the wait beyond the 800ms step, waited {gap:?}"
+    );
+    assert!(
+        gap < Duration::from_secs(10),
+        "Retry-After is bounded by twice the step (1.6s), waited {gap:?}"
+    );
+}
+
+/// Issue 8 item 8: a test webhook whose attempt was cut short by a crash is
+/// ended as failed at the next start, and never sent again on its own.
+#[test]
+fn a_test_webhook_cut_short_by_a_crash_is_ended_as_failed_not_retried() {
+    let receiver = Receiver::start();
+    receiver.set("/crm", Behaviour::Hang);
+    let dir = TestDir::new();
+    let subs = [
+        subscription("crm", &receiver.url("/crm"), &["*"]),
+        subscription("other", &receiver.url("/other"), &["App.QueueWebhook"]),
+    ]
+    .concat();
+    dir.write_config(&subs, Some("timeout: 30s\nretry_schedule: [100ms, 100ms]"));
+    let mut daemon = Daemon::start(&dir);
+    let mut cli = cdrhook_command()
+        .args(["test", "--socket"])
+        .arg(dir.socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cdrhook test");
+    receiver.wait_for_requests("/crm", 1, DEADLINE);
+    // The test delivery is journaled before its attempt starts; a CDR taken
+    // in after it makes it durable (intake flushes the journal).
+    dir.drop_file("zero.json", &make_cdr(0));
+    wait_counts(
+        &daemon,
+        &[("crm", [2, 0, 0, 0]), ("other", [0, 0, 0, 1])],
+        DEADLINE,
+    );
+    daemon.kill9();
+    // The CLI loses its daemon; it exits on its own, or is stopped here.
+    let _ = cli.kill();
+    let _ = cli.wait();
+
+    receiver.set("/crm", Behaviour::Status(200));
+    let daemon = Daemon::start(&dir);
+    // The test ends failed; the CDR's delivery is resumed and goes out.
+    wait_counts(&daemon, &[("crm", [0, 0, 1, 1])], DEADLINE);
+    let status = daemon.subscription_status("crm").to_string();
+    assert!(
+        status.contains("restarted"),
+        "the reason is shown: {status}"
+    );
+    dir.drop_file("one.json", &make_cdr(1));
+    wait_counts(&daemon, &[("crm", [0, 0, 1, 2])], DEADLINE);
+    let tests: Vec<_> = receiver
+        .requests_for("/crm")
+        .into_iter()
+        .filter(|r| r.header("x-webhook-event") == Some("App.TestWebhook"))
+        .collect();
+    assert_eq!(
+        tests.len(),
+        1,
+        "the test webhook was sent once, never again"
+    );
+    assert!(
+        daemon.log().contains("test webhook"),
+        "the log says what happened: {}",
+        daemon.log_tail(20)
+    );
 }

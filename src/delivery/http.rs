@@ -91,7 +91,9 @@ pub struct Outcome {
     pub request_headers: Vec<(String, String)>,
     pub response_headers: Vec<(String, String)>,
     pub response_body: Option<String>,
-    pub retry_after: Option<Duration>,
+    /// The raw `Retry-After` header, if any: `schedule` decides what it
+    /// means (and on which statuses).
+    pub retry_after: Option<String>,
 }
 
 impl Outcome {
@@ -184,13 +186,10 @@ pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
                     (n.as_str().to_string(), value)
                 })
                 .collect();
-            if status == 429 || status == 503 {
-                outcome.retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(parse_retry_after);
-            }
+            outcome.retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             let mut body = Vec::new();
             let read = response
                 .body_mut()
@@ -246,18 +245,6 @@ fn describe(e: &ureq::Error) -> String {
     }
 }
 
-/// `Retry-After` as seconds or an HTTP date.
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let now = chrono::Utc::now();
-    let delta = when.with_timezone(&chrono::Utc) - now;
-    Some(delta.to_std().unwrap_or(Duration::ZERO))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,15 +286,5 @@ mod tests {
         assert_eq!(truncate_at_char("ab".into(), 4), "ab");
         // "é" is two bytes: cutting inside it drops it whole.
         assert_eq!(truncate_at_char("abcé".into(), 4), "abc");
-    }
-
-    #[test]
-    fn retry_after_in_seconds_and_as_a_date() {
-        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 }

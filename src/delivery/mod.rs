@@ -1,23 +1,26 @@
 //! Delivery: getting each journaled delivery to its subscription's endpoint,
 //! with retries. The only module that does network I/O.
 //!
-//! Each subscription (by name) has one worker task that owns its queue:
-//! pending deliveries in order, retrying ones by due time, and operator
-//! requests (resend, replay, test) ahead of both. HTTP runs on tokio's
-//! blocking pool, at most `delivery.concurrency` at a time per worker, so a
-//! slow endpoint only ever ties up its own worker.
+//! Each subscription (by name) has one worker task. The order of its
+//! deliveries (pending, retrying, requested, the failing gate and its probe,
+//! held while the subscription is out of service) is decided by a pure state
+//! machine, [`queue::Queue`], and the wait after a failure by
+//! [`schedule`]; this module is the shell around them: it feeds the queue
+//! messages, ended attempts and its timer, and runs the hand-offs the queue
+//! returns on tokio's blocking pool, at most `delivery.concurrency` at a time
+//! per worker, so a slow endpoint only ever ties up its own worker.
 //!
-//! While an endpoint is failing (no answer, 5xx, 429, 408, a redirect), its
-//! worker stops starting new deliveries and sends one probe at a time, when
-//! the earliest retry is due; the first success releases the queue. A 4xx is
-//! the receiver refusing one CDR: that delivery retries on its own schedule
-//! without holding back the others.
+//! No queue holds a CDR body: queues hold delivery ids, and each attempt
+//! loads its body from the journal just before sending it and drops it
+//! right after, so bodies in memory are bounded by the attempts in flight.
 
 pub mod http;
+pub mod queue;
 mod resolve;
+pub mod schedule;
 pub mod sign;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,6 +33,8 @@ use crate::config::Subscription;
 use crate::journal::{Attempt, DeliveryId, Journal, State, Trigger};
 use crate::reload::{DeliverySettings, LiveConfig};
 use crate::time::now_ms;
+
+use queue::{Job, Next, Note, Outcome, Queue, Requested, SubView, Verdict};
 
 /// What delivery needs from the rest of the daemon.
 pub struct Context {
@@ -58,7 +63,8 @@ enum Msg {
     Enqueue(Vec<(DeliveryId, Option<u64>)>),
     /// The subscription's new definition; `None` = removed from the config.
     Subscription(Option<Arc<Subscription>>),
-    /// One attempt now, outside the schedule and not retried.
+    /// One attempt now, outside the schedule and not retried; joins the
+    /// request already queued for that delivery, if any.
     Once {
         id: DeliveryId,
         trigger: Trigger,
@@ -66,9 +72,14 @@ enum Msg {
     },
     /// Settings changed (concurrency): look at the queue again.
     Wake,
-    /// Open deliveries found when the journal was reopened: queue those
-    /// the worker does not already hold.
-    Requeue(Vec<(DeliveryId, Option<u64>)>),
+    /// Open deliveries found in the journal (at start-up, or when it was
+    /// reopened: then `skip_held`, queue those the worker does not already
+    /// hold). `tests` are open test webhooks, ended as failed.
+    Resume {
+        items: Vec<(DeliveryId, Option<u64>)>,
+        tests: Vec<DeliveryId>,
+        skip_held: bool,
+    },
 }
 
 /// Routes work to the per-subscription workers, creating them as needed.
@@ -145,21 +156,29 @@ impl Dispatcher {
     /// Hands open deliveries found in the journal to their workers: pending
     /// ones in order, retrying ones at their persisted time. With
     /// `skip_held`, a worker skips deliveries it already holds (queued or in
-    /// flight): after the journal was reopened, not at start-up.
+    /// flight): after the journal was reopened, not at start-up. An open
+    /// test webhook is never resumed (a test is one attempt): it is ended
+    /// as failed, unless its attempt is running here.
     pub fn resume(&self, open: Vec<crate::journal::OpenDelivery>, skip_held: bool) {
-        let mut by_sub: BTreeMap<String, Vec<(DeliveryId, Option<u64>)>> = BTreeMap::new();
+        type Found = (Vec<(DeliveryId, Option<u64>)>, Vec<DeliveryId>);
+        let mut by_sub: BTreeMap<String, Found> = BTreeMap::new();
         for d in open {
-            by_sub
-                .entry(d.subscription)
-                .or_default()
-                .push((d.id, d.retry_at_ms));
-        }
-        for (sub, items) in by_sub {
-            if skip_held {
-                self.send(&sub, Msg::Requeue(items));
+            let (items, tests) = by_sub.entry(d.subscription).or_default();
+            if d.origin == Trigger::Test {
+                tests.push(d.id);
             } else {
-                self.enqueue(&sub, items);
+                items.push((d.id, d.retry_at_ms));
             }
+        }
+        for (sub, (items, tests)) in by_sub {
+            self.send(
+                &sub,
+                Msg::Resume {
+                    items,
+                    tests,
+                    skip_held,
+                },
+            );
         }
     }
 
@@ -211,18 +230,16 @@ impl Dispatcher {
     }
 }
 
-/// At most this many deliveries go to one blocking thread in one hand-off
-/// while a backlog drains: one hand-off per attempt would cost more in
-/// thread wake-ups than the attempt itself on a fast endpoint.
-const MAX_BATCH: usize = 16;
-
-/// What a blocking thread hands back: the attempts it made, and the
-/// deliveries of its batch it did not start (the endpoint began failing, or
-/// the daemon is stopping), in their queue order.
+/// What a blocking thread hands back: the attempts it made, and the jobs of
+/// its hand-off it did not start (the endpoint began failing, or the
+/// subscription changed, or the daemon is stopping), in their queue order.
 struct Batch {
     done: Vec<Done>,
-    unstarted: Vec<DeliveryId>,
+    unstarted: Vec<Job<Reply>>,
 }
+
+/// A reply channel for an operator waiting on a requested attempt.
+type Reply = oneshot::Sender<OnceResult>;
 
 /// What a finished attempt tells the worker.
 struct Done {
@@ -230,7 +247,7 @@ struct Done {
     trigger: Trigger,
     /// `Ok(None)`: the delivery ended meanwhile, nothing was sent.
     result: Result<Option<Finished>, AttemptError>,
-    reply: Option<oneshot::Sender<OnceResult>>,
+    replies: Vec<Reply>,
 }
 
 struct Finished {
@@ -238,31 +255,24 @@ struct Finished {
     state: State,
     next_at_ms: Option<u64>,
     endpoint_failing: bool,
-    /// The next attempt waits for the endpoint's `Retry-After`.
-    retry_after: bool,
+    /// Not before then, even when the queue is released: the endpoint's
+    /// `Retry-After`.
+    hold_until_ms: Option<u64>,
 }
 
+/// The I/O shell around one subscription's [`Queue`]: it feeds the queue
+/// its events (messages, ended attempts, its own timer) and runs the
+/// hand-offs the queue returns on tokio's blocking pool.
 struct Worker {
     name: String,
     ctx: Arc<Context>,
     sub: Option<Arc<Subscription>>,
-    ready: VecDeque<DeliveryId>,
-    /// (due ms, id), with `retry_at` as its reverse index.
-    retry: BTreeSet<(u64, DeliveryId)>,
-    retry_at: HashMap<DeliveryId, u64>,
-    /// Retrying deliveries whose wait an endpoint's `Retry-After` asked
-    /// for: a release does not send them before it.
-    pinned: HashSet<DeliveryId>,
-    requests: VecDeque<(DeliveryId, Trigger, Option<oneshot::Sender<OnceResult>>)>,
+    queue: Queue<Reply>,
     in_flight: JoinSet<Batch>,
     /// Bumped when the subscription changes (inactive, removed, edited) or
     /// the daemon stops: a running batch ends after its current attempt and
     /// hands the rest back, so nothing goes out on a stale definition.
     epoch: Arc<AtomicU64>,
-    /// The deliveries of `in_flight`.
-    in_flight_ids: HashSet<DeliveryId>,
-    failing: bool,
-    rng: u64,
 }
 
 impl Worker {
@@ -272,17 +282,14 @@ impl Worker {
             name,
             ctx,
             sub: None,
-            ready: VecDeque::new(),
-            retry: BTreeSet::new(),
-            retry_at: HashMap::new(),
-            pinned: HashSet::new(),
-            requests: VecDeque::new(),
+            queue: Queue::new(seed),
             in_flight: JoinSet::new(),
             epoch: Arc::new(AtomicU64::new(0)),
-            in_flight_ids: HashSet::new(),
-            failing: false,
-            rng: seed | 1,
         }
+    }
+
+    fn limit(&self) -> usize {
+        self.ctx.settings().concurrency.max(1)
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, mut stop: watch::Receiver<bool>) {
@@ -293,7 +300,13 @@ impl Worker {
             } else if self.in_flight.is_empty() {
                 break;
             }
-            let due = if stopping { None } else { self.next_wakeup() };
+            let due = if stopping {
+                None
+            } else {
+                self.queue
+                    .next_wakeup(self.limit())
+                    .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())))
+            };
             tokio::select! {
                 msg = rx.recv(), if !stopping => match msg {
                     Some(msg) => self.handle(msg),
@@ -305,10 +318,7 @@ impl Worker {
                             for done in batch.done {
                                 self.complete(done);
                             }
-                            for id in batch.unstarted.into_iter().rev() {
-                                self.in_flight_ids.remove(&id);
-                                self.ready.push_front(id);
-                            }
+                            self.queue.hand_off_ended(batch.unstarted);
                         }
                         Err(e) => log::error!("{}: delivery task failed: {e}", self.name),
                     }
@@ -322,235 +332,101 @@ impl Worker {
                 }
             }
         }
-        for (_, _, reply) in self.requests.drain(..) {
-            if let Some(reply) = reply {
-                let _ = reply.send(Err("the daemon is shutting down".to_string()));
-            }
+        for reply in self.queue.drain_replies() {
+            let _ = reply.send(Err("the daemon is shutting down".to_string()));
         }
     }
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Enqueue(items) => {
-                for (id, at) in items {
-                    match at {
-                        None => self.ready.push_back(id),
-                        Some(at) => self.schedule_retry(id, at),
-                    }
-                }
-            }
+            Msg::Enqueue(items) => self.queue.enqueue(items),
             Msg::Subscription(sub) => {
-                let was_active = self.active();
                 if self.sub != sub {
                     self.epoch.fetch_add(1, Ordering::SeqCst);
                 }
-                let new_endpoint = match (&self.sub, &sub) {
-                    (Some(old), Some(new)) => old.endpoint != new.endpoint,
-                    _ => false,
-                };
+                let view = sub.as_ref().map(|s| SubView {
+                    active: s.active,
+                    endpoint: s.endpoint.expose().to_string(),
+                });
                 self.sub = sub;
-                if new_endpoint && self.failing {
-                    // A corrected URL is tried now, not at the old retry time.
-                    self.failing = false;
-                    self.release();
-                }
-                if was_active && !self.active() {
+                if let Some(Note::Held { queued, removed }) = self.queue.set_subscription(view) {
                     log::info!(
-                        "subscription {}: {}; its {} queued deliveries are held",
+                        "subscription {}: {}; its {queued} queued deliveries are held",
                         self.name,
-                        if self.sub.is_none() {
-                            "removed"
-                        } else {
-                            "inactive"
-                        },
-                        self.ready.len() + self.retry.len()
+                        if removed { "removed" } else { "inactive" },
                     );
                 }
             }
             Msg::Once { id, trigger, reply } => {
-                if !self.active() {
-                    if let Some(reply) = reply {
-                        let _ = reply.send(Err(format!(
-                            "subscription {} is inactive or not in the config",
-                            self.name
-                        )));
-                    }
-                    return;
+                if let Requested::Refused(Some(reply)) = self.queue.request(id, trigger, reply) {
+                    let _ = reply.send(Err(format!(
+                        "subscription {} is inactive or not in the config",
+                        self.name
+                    )));
                 }
-                self.requests.push_back((id, trigger, reply));
             }
             Msg::Wake => {}
-            Msg::Requeue(items) => {
-                let mut held: HashSet<DeliveryId> = self.ready.iter().copied().collect();
-                held.extend(self.retry_at.keys().copied());
-                held.extend(self.in_flight_ids.iter().copied());
-                held.extend(self.requests.iter().map(|(id, _, _)| *id));
-                let new: Vec<_> = items
-                    .into_iter()
-                    .filter(|(id, _)| !held.contains(id))
-                    .collect();
-                if !new.is_empty() {
+            Msg::Resume {
+                items,
+                tests,
+                skip_held,
+            } => {
+                let (queued, tests) = self.queue.resume(items, tests, skip_held);
+                if skip_held && queued > 0 {
                     log::info!(
-                        "subscription {}: {} deliveries queued again",
-                        self.name,
-                        new.len()
+                        "subscription {}: {queued} deliveries queued again",
+                        self.name
                     );
                 }
-                self.handle(Msg::Enqueue(new));
+                if !tests.is_empty() {
+                    let ctx = self.ctx.clone();
+                    // Detached: a daemon stopping meanwhile leaves them open
+                    // for the next start, which ends them the same way.
+                    tokio::task::spawn_blocking(move || end_interrupted_tests(&ctx, tests));
+                }
             }
         }
-    }
-
-    fn active(&self) -> bool {
-        self.sub.as_ref().is_some_and(|s| s.active)
-    }
-
-    fn schedule_retry(&mut self, id: DeliveryId, at: u64) {
-        if let Some(old) = self.retry_at.insert(id, at) {
-            self.retry.remove(&(old, id));
-        }
-        self.retry.insert((at, id));
-    }
-
-    fn unschedule(&mut self, id: DeliveryId) {
-        self.pinned.remove(&id);
-        if let Some(at) = self.retry_at.remove(&id) {
-            self.retry.remove(&(at, id));
-        }
-    }
-
-    fn next_wakeup(&self) -> Option<Instant> {
-        if !self.active() {
-            return None;
-        }
-        // A due retry that cannot start yet (all slots busy, or the one
-        // probe of a failing endpoint in flight) must not spin the loop:
-        // the end of an attempt wakes it anyway.
-        let limit = self.ctx.settings().concurrency.max(1);
-        if self.in_flight.len() >= limit || (self.failing && !self.in_flight.is_empty()) {
-            return None;
-        }
-        let (at, _) = self.retry.first()?;
-        let wait = at.saturating_sub(now_ms());
-        Some(Instant::now() + Duration::from_millis(wait))
-    }
-
-    fn pop_due_retry(&mut self) -> Option<DeliveryId> {
-        let &(at, id) = self.retry.first()?;
-        if at > now_ms() {
-            return None;
-        }
-        self.unschedule(id);
-        Some(id)
     }
 
     fn dispatch(&mut self) {
-        let Some(sub) = self.sub.clone().filter(|s| s.active) else {
+        let Some(sub) = self.sub.clone() else {
             return;
         };
-        let limit = self.ctx.settings().concurrency.max(1);
-        // A delivery already in flight is not started again until that
-        // attempt ends: two attempts would race on its journal record.
-        let mut busy_requests = VecDeque::new();
-        let mut busy_auto = Vec::new();
-        while self.in_flight.len() < limit {
-            if let Some((id, trigger, reply)) = self.requests.pop_front() {
-                if self.in_flight_ids.contains(&id) {
-                    busy_requests.push_back((id, trigger, reply));
-                } else {
-                    self.start(&sub, vec![(id, trigger, reply)]);
-                }
-                continue;
-            }
-            if self.failing {
-                // One probe at a time; the queue waits behind the retry.
-                let probe = if !self.in_flight.is_empty() {
-                    None
-                } else if let Some(id) = self.pop_due_retry() {
-                    Some(id)
-                } else if self.retry.is_empty() {
-                    self.ready.pop_front()
-                } else {
-                    None
-                };
-                match probe {
-                    Some(id) if self.in_flight_ids.contains(&id) => busy_auto.push(id),
-                    Some(id) => self.start(&sub, vec![(id, Trigger::Auto, None)]),
-                    None => break,
-                }
-                continue;
-            }
-            if let Some(id) = self.pop_due_retry() {
-                if self.in_flight_ids.contains(&id) {
-                    busy_auto.push(id);
-                } else {
-                    self.start(&sub, vec![(id, Trigger::Auto, None)]);
-                }
-                continue;
-            }
-            if self.ready.is_empty() {
-                break;
-            }
-            // Share the backlog between the free slots, a batch each.
-            let free = limit - self.in_flight.len();
-            let size = self.ready.len().div_ceil(free).clamp(1, MAX_BATCH);
-            let mut jobs = Vec::with_capacity(size);
-            for id in self.ready.drain(..size) {
-                if self.in_flight_ids.contains(&id) {
-                    busy_auto.push(id);
-                } else {
-                    jobs.push((id, Trigger::Auto, None));
-                }
-            }
-            if !jobs.is_empty() {
-                self.start(&sub, jobs);
-            }
-        }
-        // Back to the front, in order, for when their attempt ends.
-        busy_requests.append(&mut self.requests);
-        self.requests = busy_requests;
-        for id in busy_auto.into_iter().rev() {
-            self.ready.push_front(id);
+        for jobs in self.queue.dispatch(now_ms(), self.limit()) {
+            self.start(&sub, jobs);
         }
     }
 
-    /// Runs `jobs` one after the other on a blocking thread.
-    #[allow(clippy::type_complexity)]
-    fn start(
-        &mut self,
-        sub: &Arc<Subscription>,
-        jobs: Vec<(DeliveryId, Trigger, Option<oneshot::Sender<OnceResult>>)>,
-    ) {
+    /// Runs `jobs` one after the other on a blocking thread. Each attempt
+    /// loads its CDR body itself, just before sending, and drops it after:
+    /// a hand-off holds at most one body at a time, whatever its length.
+    fn start(&mut self, sub: &Arc<Subscription>, jobs: Vec<Job<Reply>>) {
         let ctx = self.ctx.clone();
         let sub = sub.clone();
         let epoch = self.epoch.clone();
         let started_in = epoch.load(Ordering::SeqCst);
-        let mut jobs: Vec<_> = jobs
-            .into_iter()
-            .map(|job| (job, self.next_random()))
-            .collect();
-        self.in_flight_ids
-            .extend(jobs.iter().map(|((id, _, _), _)| *id));
         self.in_flight.spawn_blocking(move || {
             let mut done = Vec::with_capacity(jobs.len());
-            let mut rest = jobs.drain(..);
-            for ((id, trigger, reply), jitter) in rest.by_ref() {
-                let result = attempt(&ctx, &sub, id, trigger, jitter);
+            let mut rest = jobs.into_iter();
+            for job in rest.by_ref() {
+                let result = attempt(&ctx, &sub, job.id, job.trigger, job.random);
                 // The endpoint started failing: the rest of the batch goes
                 // back to the queue, behind the gate.
                 let failing = matches!(&result, Ok(Some(f)) if f.endpoint_failing);
                 done.push(Done {
-                    id,
-                    trigger,
+                    id: job.id,
+                    trigger: job.trigger,
                     result,
-                    reply,
+                    replies: job.replies,
                 });
                 if failing || epoch.load(Ordering::SeqCst) != started_in {
                     break;
                 }
             }
-            let unstarted = rest.map(|((id, _, _), _)| id).collect();
-            Batch { done, unstarted }
+            Batch {
+                done,
+                unstarted: rest.collect(),
+            }
         });
     }
 
@@ -559,22 +435,45 @@ impl Worker {
             id,
             trigger,
             result,
-            reply,
+            replies,
         } = done;
-        self.in_flight_ids.remove(&id);
-        match &result {
-            Ok(None) => {}
-            Ok(Some(f)) => {
-                // A 2xx, or a 4xx refusing one CDR, both show the endpoint
-                // answers again: lift the gate.
-                if f.attempt.succeeded() || !f.endpoint_failing {
-                    if self.failing {
-                        log::info!("subscription {}: endpoint recovered", self.name);
-                        self.release();
-                    }
-                    self.failing = false;
-                } else if f.endpoint_failing && !self.failing {
-                    self.failing = true;
+        let now = now_ms();
+        let outcome = match &result {
+            Ok(None) => Outcome::AlreadyEnded,
+            Ok(Some(f)) => Outcome::Sent {
+                verdict: if f.attempt.succeeded() {
+                    Verdict::Delivered
+                } else if f.endpoint_failing {
+                    Verdict::EndpointFailing
+                } else {
+                    Verdict::Refused
+                },
+                next: match (f.state, f.next_at_ms) {
+                    (State::Retrying, Some(at)) => Next::Retry {
+                        at,
+                        hold_until: f.hold_until_ms,
+                    },
+                    (State::Delivered | State::Dead, _) => Next::Ended,
+                    _ => Next::Unchanged,
+                },
+            },
+            Err(e) => {
+                log::error!("subscription {}: delivery d{id}: {}", self.name, e.message);
+                // The journal failed. If it is broken (a full disk), the
+                // delivery stays open in it and is queued again when the
+                // spool reopens it; if that has happened already, retry.
+                let retry = e.journal && !self.ctx.journal.is_broken();
+                Outcome::NotMade {
+                    retry_at: retry.then_some(now + 1000),
+                }
+            }
+        };
+        match self.queue.attempt_ended(id, trigger, outcome, now) {
+            Some(Note::EndpointRecovered) => {
+                log::info!("subscription {}: endpoint recovered", self.name)
+            }
+            Some(Note::EndpointFailing) => {
+                if let Ok(Some(f)) = &result {
                     log::warn!(
                         "subscription {}: endpoint failing ({}); new deliveries wait behind its retry",
                         self.name,
@@ -584,66 +483,42 @@ impl Worker {
                         ))
                     );
                 }
-                match (f.state, f.next_at_ms) {
-                    (State::Retrying, Some(at)) if trigger == Trigger::Auto => {
-                        self.schedule_retry(id, at);
-                        if f.retry_after {
-                            self.pinned.insert(id);
-                        } else {
-                            self.pinned.remove(&id);
-                        }
-                    }
-                    (State::Delivered | State::Dead, _) => self.unschedule(id),
-                    _ => {}
-                }
             }
-            Err(e) => {
-                log::error!("subscription {}: delivery d{id}: {}", self.name, e.message);
-                // The journal failed. If it is broken (a full disk), the
-                // delivery stays open in it and is queued again when the
-                // spool reopens it; if that has happened already, retry.
-                if e.journal && trigger == Trigger::Auto && !self.ctx.journal.is_broken() {
-                    self.schedule_retry(id, now_ms() + 1000);
-                }
-            }
+            _ => {}
         }
-        if let Some(reply) = reply {
-            let _ = reply.send(match result {
-                Ok(Some(f)) => Ok(f.attempt),
-                Ok(None) => Err(format!("delivery d{id} had already ended")),
-                Err(e) => Err(e.message),
-            });
+        if replies.is_empty() {
+            return;
+        }
+        let answer: OnceResult = match result {
+            Ok(Some(f)) => Ok(f.attempt),
+            Ok(None) => Err(format!("delivery d{id} had already ended")),
+            Err(e) => Err(e.message),
+        };
+        for reply in replies {
+            let _ = reply.send(answer.clone());
         }
     }
+}
 
-    /// The endpoint answers again: what waited behind the failure goes now,
-    /// in due order, instead of at each one's (possibly hours away) retry;
-    /// except a delivery the endpoint told when to come back (`Retry-After`),
-    /// which keeps its time.
-    fn release(&mut self) {
-        let waiting: Vec<(u64, DeliveryId)> = self
-            .retry
-            .iter()
-            .filter(|(_, id)| !self.pinned.contains(id))
-            .copied()
-            .collect();
-        for (at, id) in &waiting {
-            self.retry.remove(&(*at, *id));
-            self.retry_at.remove(id);
-        }
-        for (_, id) in waiting.into_iter().rev() {
-            self.ready.push_front(id);
-        }
-    }
+/// What a test webhook left open at start-up (or after the journal was
+/// reopened, if no attempt of it is running) says: it is never resumed.
+const TEST_INTERRUPTED: &str =
+    "the daemon restarted before this test webhook finished; a test is not retried (run `cdrhook test` again)";
 
-    fn next_random(&mut self) -> u64 {
-        // xorshift64: jitter needs spread, not cryptographic quality.
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
+/// Ends open test webhooks as failed: a test is one attempt, asked for by
+/// an operator who is no longer waiting for it.
+fn end_interrupted_tests(ctx: &Context, tests: Vec<DeliveryId>) {
+    for id in tests {
+        match ctx.journal.end_delivery(id, TEST_INTERRUPTED) {
+            Ok(Some(files)) => {
+                log::warn!("test webhook d{id} ended as failed: {TEST_INTERRUPTED}");
+                if !files.is_empty() {
+                    (ctx.files_finished)(files);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => log::error!("test webhook d{id}: could not end it: {e}"),
+        }
     }
 }
 
@@ -652,29 +527,6 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// The wait before the next automatic attempt after `failures` failures, or
-/// `None` when the schedule is used up. Jitter spreads a backlog's retries
-/// over ±20% of the step; `Retry-After` is honoured up to twice the step.
-pub fn next_wait(
-    schedule: &[Duration],
-    failures: u32,
-    retry_after: Option<Duration>,
-    random: u64,
-) -> Option<Duration> {
-    let step = *schedule.get(failures.checked_sub(1)? as usize)?;
-    if let Some(asked) = retry_after {
-        return Some(asked.min(step * 2));
-    }
-    let spread = step.as_millis() as u64 * 2 / 5; // 40% wide, centred
-    let offset = if spread == 0 {
-        0
-    } else {
-        random % (spread + 1)
-    };
-    let base = step.as_millis() as u64 - spread / 2;
-    Some(Duration::from_millis(base + offset))
 }
 
 /// Runs one attempt on a blocking thread: load, send, journal.
@@ -712,6 +564,8 @@ fn attempt(
             body: &cdr.body,
         },
     );
+    // The body (up to `max_file_size`) is not held while journaling.
+    drop(cdr);
     let ok = outcome.succeeded();
     let attempt_trigger = match (trigger, d.origin) {
         (Trigger::Auto, Trigger::Replay) => Trigger::Replay,
@@ -739,17 +593,27 @@ fn attempt(
     d.last_status = outcome.status;
     d.last_error = outcome.error.clone();
     let now = now_ms();
+    let mut hold_until_ms = None;
     if ok {
         d.state = State::Delivered;
         d.next_at_ms = None;
         d.ended_ms = Some(now);
     } else if trigger == Trigger::Auto {
         d.failures += 1;
-        let schedule = &ctx.settings().retry_schedule;
-        match next_wait(schedule, d.failures, outcome.retry_after, random) {
+        let asked = schedule::retry_after(outcome.status, outcome.retry_after.as_deref(), now)
+            .unwrap_or_else(|e| {
+                log::warn!(
+                    "delivery d{id} to {}: {e}; waiting per retry_schedule",
+                    d.subscription
+                );
+                None
+            });
+        let retry_schedule = &ctx.settings().retry_schedule;
+        match schedule::next_wait(retry_schedule, d.failures, asked, random) {
             Some(wait) => {
                 d.state = State::Retrying;
-                d.next_at_ms = Some(now + wait.as_millis() as u64);
+                d.next_at_ms = Some(now + wait.wait.as_millis() as u64);
+                hold_until_ms = wait.hold.map(|h| now + h.as_millis() as u64);
             }
             None => {
                 d.state = State::Dead;
@@ -785,7 +649,7 @@ fn attempt(
     }
     Ok(Some(Finished {
         endpoint_failing: !ok && outcome.endpoint_failing(),
-        retry_after: d.state == State::Retrying && outcome.retry_after.is_some(),
+        hold_until_ms: hold_until_ms.filter(|_| d.state == State::Retrying),
         state: d.state,
         next_at_ms: d.next_at_ms,
         attempt,
@@ -820,43 +684,5 @@ fn describe_failure(o: &http::Outcome) -> String {
         (Some(e), _) => e.clone(),
         (None, Some(s)) => format!("HTTP {s}"),
         (None, None) => "no response".to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedule_is_followed_then_used_up() {
-        let s = [Duration::from_secs(5), Duration::from_secs(60)];
-        let first = next_wait(&s, 1, None, 0).expect("step 1");
-        assert!(first >= Duration::from_secs(4) && first <= Duration::from_secs(6));
-        let second = next_wait(&s, 2, None, u64::MAX).expect("step 2");
-        assert!(second >= Duration::from_secs(48) && second <= Duration::from_secs(72));
-        assert_eq!(next_wait(&s, 3, None, 0), None);
-        assert_eq!(next_wait(&[], 1, None, 0), None);
-    }
-
-    #[test]
-    fn jitter_spreads_waits() {
-        let s = [Duration::from_secs(100)];
-        let waits: BTreeSet<_> = (0..50u64)
-            .map(|r| next_wait(&s, 1, None, r * 7919).expect("wait"))
-            .collect();
-        assert!(waits.len() > 10, "jitter gives different waits");
-    }
-
-    #[test]
-    fn retry_after_is_honoured_up_to_twice_the_step() {
-        let s = [Duration::from_secs(10)];
-        assert_eq!(
-            next_wait(&s, 1, Some(Duration::from_secs(3)), 0),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(
-            next_wait(&s, 1, Some(Duration::from_secs(3600)), 0),
-            Some(Duration::from_secs(20))
-        );
     }
 }
