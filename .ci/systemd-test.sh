@@ -60,9 +60,12 @@ command -v nsenter >/dev/null 2>&1 || need_pkgs+=(util-linux)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     command -v apt-get >/dev/null 2>&1 || cannot "missing ${need_pkgs[*]} and no apt-get to install them"
     say "installing ${need_pkgs[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null; } ||
+        cannot "apt-get could not install ${need_pkgs[*]}"
 fi
+for tool in systemd-nspawn debootstrap python3 nsenter; do
+    command -v "$tool" >/dev/null 2>&1 || cannot "$tool is not installed"
+done
 if ! command -v cargo-deb >/dev/null 2>&1; then
     say "installing cargo-deb"
     cargo install --locked --quiet cargo-deb
