@@ -10,9 +10,18 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
   echo "check-deb: installing cargo-deb"
   cargo install --locked --quiet cargo-deb
 fi
+# dpkg-deb reads the package back. Install it when we can (package dpkg);
+# without it the package is not checked, which is a failure, not a skip.
 if ! command -v dpkg-deb >/dev/null 2>&1; then
-  echo "check-deb: SKIPPED: dpkg-deb is not installed"
-  exit 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "check-deb: installing dpkg-deb (package dpkg)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dpkg >/dev/null
+  fi
+fi
+if ! command -v dpkg-deb >/dev/null 2>&1; then
+  echo "check-deb: FAILED: dpkg-deb is not installed and could not be installed" >&2
+  echo "check-deb: (install package dpkg: apt-get install dpkg)" >&2
+  exit 1
 fi
 
 cargo deb --quiet 2>&1 | grep -v "No usable systemd units" || true

@@ -22,8 +22,8 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     fi
 fi
 if ! command -v systemd-analyze >/dev/null 2>&1; then
-    echo "check-unit: SKIPPED: systemd-analyze is not installed (apt-get install systemd)"
-    exit 0
+    echo "check-unit: FAILED: systemd-analyze is not installed and could not be installed (apt-get install systemd)" >&2
+    exit 1
 fi
 systemd-analyze --version | head -n 1
 
@@ -40,7 +40,8 @@ fi
 # 2. Syntax and semantics. `systemd-analyze verify` also checks that the
 #    ExecStart= binary exists and is executable, so on a machine without
 #    /usr/bin/cdrhook installed it always fails on that alone. In that case we
-#    verify a copy of the unit whose ExecStart= points at /bin/true instead:
+#    verify a copy of the unit whose ExecStart= and ExecReload= point at
+#    /bin/true instead:
 #    everything else (unknown keys, bad values, sandbox settings) is still
 #    checked. verify exits 0 on mere warnings such as an unknown key, so any
 #    output that names the unit counts as a failure.
@@ -50,8 +51,8 @@ trap 'rm -rf "$tmp"' EXIT
 if [ -x /usr/bin/cdrhook ]; then
     cp "$UNIT" "$tmp/cdrhook.service"
 else
-    echo "check-unit: (/usr/bin/cdrhook is not installed: verifying with ExecStart=/bin/true)"
-    sed 's|^ExecStart=/usr/bin/cdrhook |ExecStart=/bin/true |' "$UNIT" >"$tmp/cdrhook.service"
+    echo "check-unit: (/usr/bin/cdrhook is not installed: verifying with /bin/true in its place)"
+    sed -E 's#^(Exec[A-Za-z]+)=/usr/bin/cdrhook #\1=/bin/true #' "$UNIT" >"$tmp/cdrhook.service"
 fi
 if ! out=$(systemd-analyze verify "$tmp/cdrhook.service" 2>&1); then
     status=1

@@ -5,6 +5,7 @@
 //! Exit codes: 0 success, 1 the daemon reports an error (or a send failed),
 //! 2 bad usage, 3 no daemon answers.
 
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -14,6 +15,7 @@ use crate::cmd;
 use crate::config::{self, EventType};
 use crate::control::client::{self, ClientError};
 use crate::control::protocol::{AttemptsQuery, Request};
+use crate::logging;
 use crate::time::{now_ms, parse_since, rfc3339};
 
 pub const EXIT_OK: i32 = 0;
@@ -257,14 +259,21 @@ fn ask(cli: &Cli, config_path: &Path, request: &Request) -> i32 {
     let response = match client::call(&socket, request) {
         Ok(r) => r,
         Err(e @ ClientError::NoDaemon { .. }) => {
-            eprintln!("cdrhook: {e}");
-            eprintln!(
+            // The socket is 0660 in a 0750 directory: for a user outside
+            // group cdrhook, the daemon is there but out of reach.
+            let denied = UnixStream::connect(&socket)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+            let hint = if denied {
+                "(only root and members of group cdrhook may use the control socket: \
+                 `usermod -aG cdrhook USER`, then log in again)"
+            } else {
                 "(is the daemon running? `systemctl status cdrhook`; or give --socket / --config)"
-            );
+            };
+            logging::eprint_error(&format!("{e}\n{hint}"));
             return EXIT_NO_DAEMON;
         }
         Err(e) => {
-            eprintln!("cdrhook: {e}");
+            logging::eprint_error(&e.to_string());
             return EXIT_ERROR;
         }
     };
@@ -273,7 +282,7 @@ fn ask(cli: &Cli, config_path: &Path, request: &Request) -> i32 {
         if cli.json {
             println!("{response}");
         } else {
-            eprintln!("cdrhook: {message}");
+            logging::eprint_error(message);
         }
         return EXIT_ERROR;
     }

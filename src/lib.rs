@@ -51,7 +51,7 @@ pub fn run_daemon(config_path: &Path) -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cdrhook: cannot start the runtime: {e}");
+            logging::eprint_error(&format!("cannot start the runtime: {e}"));
             return cli::EXIT_ERROR;
         }
     };
@@ -61,7 +61,7 @@ pub fn run_daemon(config_path: &Path) -> i32 {
         match signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT]) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("cdrhook: cannot install signal handlers: {e}");
+                logging::eprint_error(&format!("cannot install signal handlers: {e}"));
                 return cli::EXIT_ERROR;
             }
         };
@@ -88,7 +88,7 @@ pub fn run_daemon(config_path: &Path) -> i32 {
             }
         });
     if let Err(e) = spawned {
-        eprintln!("cdrhook: cannot start the signal thread: {e}");
+        logging::eprint_error(&format!("cannot start the signal thread: {e}"));
         return cli::EXIT_ERROR;
     }
     let result = runtime.block_on(server::run(config_path, signal_rx, async {
@@ -100,8 +100,12 @@ pub fn run_daemon(config_path: &Path) -> i32 {
     match result {
         Ok(()) => cli::EXIT_OK,
         Err(e) => {
+            // Under the journal the logged line is the message, at err; a
+            // second copy on stderr would only repeat it.
             log::error!("{e}");
-            eprintln!("cdrhook: {e}");
+            if !logging::stderr_is_journal() {
+                eprintln!("cdrhook: {e}");
+            }
             cli::EXIT_ERROR
         }
     }

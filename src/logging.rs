@@ -26,7 +26,7 @@ pub fn init() {
             log::set_max_level(LevelFilter::Info);
         }
     }
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
+    if stderr_is_journal() {
         // journald stamps each line itself and reads `<N>` as the priority.
         builder.format(|buf, record| {
             let prio = match record.level() {
@@ -45,6 +45,49 @@ pub fn init() {
     log::set_max_level(LevelFilter::Info);
 }
 
+/// Whether stderr is a stream to the systemd journal: systemd sets
+/// `JOURNAL_STREAM=DEVICE:INODE` for a service whose output goes there, and
+/// a child whose stderr was redirected elsewhere still inherits the
+/// variable, so it only counts when it names stderr itself.
+pub fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let stderr = std::io::stderr();
+    let meta = stderr
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| std::fs::File::from(fd).metadata());
+    match (value.to_str(), meta) {
+        (Some(value), Ok(m)) => names_stream(value, m.dev(), m.ino()),
+        _ => false,
+    }
+}
+
+/// Whether a `JOURNAL_STREAM` value ("DEVICE:INODE", both decimal) names
+/// the file with this device and inode.
+fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
+    match value.split_once(':') {
+        Some((d, i)) => d.parse() == Ok(dev) && i.parse() == Ok(ino),
+        None => false,
+    }
+}
+
+/// Prints an error for the user on stderr, "cdrhook: " first. Under the
+/// journal (a command run by the unit, such as ExecReload's `cdrhook
+/// reload`, or a daemon that cannot start) each line carries the `err`
+/// priority, so that `journalctl -p err` shows it and it is not filed as
+/// information.
+pub fn eprint_error(message: &str) {
+    let prefix = if stderr_is_journal() { "<3>" } else { "" };
+    for (i, line) in message.lines().enumerate() {
+        let lead = if i == 0 { "cdrhook: " } else { "" };
+        eprintln!("{prefix}{lead}{line}");
+    }
+}
+
 /// Applies the config's `log_level` unless `RUST_LOG` overrides it.
 pub fn apply_level(level: Option<&str>) {
     if std::env::var("RUST_LOG").is_ok_and(|s| !s.is_empty()) {
@@ -58,4 +101,26 @@ pub fn apply_level(level: Option<&str>) {
         _ => LevelFilter::Info,
     };
     log::set_max_level(filter);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::names_stream;
+
+    #[test]
+    fn journal_stream_must_name_stderr() {
+        let table = [
+            ("8:1234", 8, 1234, true),
+            ("8:1234", 8, 1235, false), // another file on the same device
+            ("9:1234", 8, 1234, false),
+            ("", 8, 1234, false),
+            ("8", 8, 1234, false),
+            ("8:1234:5", 8, 1234, false),
+            ("x:1234", 8, 1234, false),
+            (" 8:1234", 8, 1234, false),
+        ];
+        for (value, dev, ino, want) in table {
+            assert_eq!(names_stream(value, dev, ino), want, "{value:?}");
+        }
+    }
 }
