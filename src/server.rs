@@ -154,11 +154,7 @@ pub async fn run(
                 // Reading the files is off the runtime (cmd::lane).
                 let d = daemon.clone();
                 tokio::spawn(async move {
-                    let _ = crate::cmd::lane::light(&d, |d| {
-                        let _one = crate::cmd::lane::one_reload();
-                        d.reload(false)
-                    })
-                    .await;
+                    let _ = crate::cmd::lane::reload(&d, |d| d.reload(false)).await;
                 });
             }
         }
@@ -306,11 +302,7 @@ fn handle_signal(daemon: &Arc<Daemon>, signal: Signal) {
         Signal::Reload => {
             log::info!("SIGHUP: reloading the config");
             tokio::spawn(async move {
-                let _ = crate::cmd::lane::light(&d, |d| {
-                    let _one = crate::cmd::lane::one_reload();
-                    d.reload(true)
-                })
-                .await;
+                let _ = crate::cmd::lane::reload(&d, |d| d.reload(true)).await;
             });
         }
         Signal::ResendFailed => crate::cmd::resend::on_signal(&d),

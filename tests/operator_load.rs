@@ -261,6 +261,7 @@ fn status_and_the_watchdog_stay_prompt_while_twenty_heavy_commands_run() {
     listening.store(false, Ordering::SeqCst);
     listener.join().expect("notify listener");
     let pings = pings.lock().expect("pings").clone();
+    assert!(!pings.is_empty(), "the daemon never pinged the watchdog");
     let mut marks = vec![load_started];
     marks.extend(
         pings

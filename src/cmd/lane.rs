@@ -17,7 +17,7 @@
 //! Delivery's HTTP attempts use the same blocking pool (64 threads); the
 //! two bounds keep commands to a few of them.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
@@ -68,12 +68,18 @@ where
     .map_err(|e| format!("internal: {e}"))
 }
 
-static RELOAD: Mutex<()> = Mutex::new(());
+static RELOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Held around a reload on the blocking pool: the file watcher, SIGHUP and
-/// `cdrhook reload` each reload on a blocking thread of their own, one at a
-/// time. Each reads the file when it runs, so the last one applies the
-/// file's latest text.
-pub fn one_reload() -> MutexGuard<'static, ()> {
-    RELOAD.lock().unwrap_or_else(|p| p.into_inner())
+/// A reload (the file watcher, SIGHUP, `cdrhook reload`), in the light
+/// lane, one at a time, in turn. Each reads the file when it runs, so the
+/// last applies the file's latest text. A reload waiting for the one before
+/// it holds no thread and no slot of the light lane, so a burst of reloads
+/// never holds `status` back.
+pub async fn reload<T, F>(daemon: &Arc<Daemon>, f: F) -> Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce(&Daemon) -> T + Send + 'static,
+{
+    let _one = RELOAD.lock().await;
+    light(daemon, f).await
 }

@@ -45,12 +45,7 @@ pub async fn respond<W: AsyncWrite + Unpin>(
             since,
         } => replay::apply(daemon, subscription, since).await,
         Request::Test { subscription } => test::apply(daemon, subscription).await,
-        Request::Reload {} => lane::light(daemon, |d| {
-            let _one = lane::one_reload();
-            reload::apply(d)
-        })
-        .await
-        .and_then(|r| r),
+        Request::Reload {} => lane::reload(daemon, reload::apply).await.and_then(|r| r),
     };
     let response = match result {
         Ok(v) => protocol::ok(v),
