@@ -271,6 +271,7 @@ struct Phase {
 
 fn phase(pid: u32, name: &str, run: impl FnOnce()) -> Phase {
     reset_peak(pid);
+    let before = proc_status(pid, "VmRSS:");
     let start = Instant::now();
     run();
     let p = Phase {
@@ -278,10 +279,13 @@ fn phase(pid: u32, name: &str, run: impl FnOnce()) -> Phase {
         secs: start.elapsed().as_secs_f64(),
         peak_kib: proc_status(pid, "VmHWM:"),
     };
+    let mib = |kib: u64| kib as f64 / 1024.0;
     eprintln!(
-        "{name}: {:.1} s, peak RSS {:.1} MiB",
+        "{name}: {:.1} s, RSS {:.1} MiB before, peak {:.1} MiB, {:.1} MiB after",
         p.secs,
-        p.peak_kib as f64 / 1024.0
+        mib(before),
+        mib(p.peak_kib),
+        mib(proc_status(pid, "VmRSS:"))
     );
     p
 }
@@ -316,8 +320,9 @@ fn main() {
         .expect("start cdrhook");
     let pid = child.id();
     let socket = root.join("control.sock");
+    // The socket is bound before the journal is opened: wait for answers.
     wait("the daemon starts", Duration::from_secs(120), || {
-        UnixStream::connect(&socket).is_ok()
+        UnixStream::connect(&socket).is_ok() && counter(&socket, "crm", "delivered") != u64::MAX
     });
     let started_kib = proc_status(pid, "VmHWM:");
     let idle_kib = proc_status(pid, "VmRSS:");
