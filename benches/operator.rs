@@ -394,6 +394,15 @@ fn main() {
             });
         },
     ));
+    // Whether a walk grows memory again once sled has read those pages.
+    phases.push(phase(
+        pid,
+        "`attempts --limit 0` again, after all the above",
+        || {
+            let (_, head) = request(&socket, r#"{"cmd":"attempts","limit":0}"#);
+            assert!(head.starts_with(r#"{"ok":true,"result":["#), "{head}");
+        },
+    ));
     eprintln!("{} POSTs in all", receiver.total.load(Ordering::Relaxed));
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
