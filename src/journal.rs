@@ -275,6 +275,30 @@ pub struct PruneStats {
     pub attempts: usize,
 }
 
+/// One page of a walk over the journal: what it found, and where the next
+/// page starts (`None`: the walk is done). Walks go page by page so that
+/// what an operator's command holds does not grow with the journal.
+#[derive(Debug, PartialEq)]
+pub struct Page<T, C> {
+    pub items: Vec<T>,
+    pub next: Option<C>,
+}
+
+impl<T, C> Default for Page<T, C> {
+    fn default() -> Self {
+        Page {
+            items: Vec::new(),
+            next: None,
+        }
+    }
+}
+
+/// The next probe of a bisection between `lo` (known before the answer)
+/// and `hi` (known at or after it), `None` once they are adjacent.
+fn bisect(lo: u64, hi: u64) -> Option<u64> {
+    (hi > lo + 1).then(|| lo + (hi - lo) / 2)
+}
+
 /// sled's handles, replaced as a whole when the journal is reopened.
 struct Trees {
     db: sled::Db,
@@ -851,18 +875,27 @@ impl Journal {
         Ok((d, true))
     }
 
-    /// Dead and retrying deliveries, optionally of one subscription and
-    /// created since a time: what `resend --failed` sends. Scans every
-    /// delivery: an operator's request, not a hot path.
-    pub fn failed_deliveries(
+    /// One page of the dead and retrying deliveries (optionally of one
+    /// subscription and created since a time): what `resend --failed` sends.
+    /// Examines at most `max_examined` deliveries from id `from` on, so a
+    /// walk over the whole journal holds one page at a time and lets others
+    /// use the journal between pages; `next` is where the following page
+    /// starts. No index: an operator's request, not a hot path.
+    pub fn failed_deliveries_page(
         &self,
         sub: Option<&str>,
         since_ms: Option<u64>,
-    ) -> Result<Vec<Delivery>> {
+        from: DeliveryId,
+        max_examined: usize,
+    ) -> Result<Page<Delivery, DeliveryId>> {
         let t = self.t()?;
-        let mut out = Vec::new();
-        for item in t.deliveries.iter() {
-            let (_, v) = item.map_err(self.sled_err("scan deliveries"))?;
+        let mut page = Page::default();
+        for (examined, item) in t.deliveries.range(be(from)..).enumerate() {
+            let (k, v) = item.map_err(self.sled_err("scan deliveries"))?;
+            if examined >= max_examined {
+                page.next = Some(id_from(&k));
+                break;
+            }
             let d: Delivery = serde_json::from_slice(&v).map_err(corrupt("delivery"))?;
             // A failed test webhook ends dead, but it was a probe, not a
             // CDR: `resend --failed` does not send it again.
@@ -871,8 +904,25 @@ impl Journal {
             let sub_ok = sub.is_none_or(|s| s == d.subscription);
             let since_ok = since_ms.is_none_or(|t| d.created_ms >= t);
             if failed && sub_ok && since_ok {
-                out.push(d);
+                page.items.push(d);
             }
+        }
+        Ok(page)
+    }
+
+    /// Every failed delivery at once: for tests (an operator's walk goes
+    /// page by page).
+    #[cfg(test)]
+    pub fn failed_deliveries(
+        &self,
+        sub: Option<&str>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<Delivery>> {
+        let (mut out, mut from) = (Vec::new(), Some(0));
+        while let Some(start) = from {
+            let page = self.failed_deliveries_page(sub, since_ms, start, 2)?;
+            out.extend(page.items);
+            from = page.next;
         }
         Ok(out)
     }
@@ -1069,12 +1119,31 @@ impl Journal {
         Ok(out)
     }
 
-    /// Attempt history, newest first.
-    pub fn attempts(&self, f: &AttemptFilter) -> Result<Vec<Attempt>> {
+    /// One page of the attempt history, newest first: attempts older than
+    /// `before` (all when `None`) that match `f`, at most `max` of them and
+    /// at most `max_examined` looked at, so that a walk over the whole
+    /// history holds one page at a time. `next` is the `before` of the
+    /// following page, `None` once the walk is done. `f.limit` is the
+    /// caller's to apply across pages.
+    pub fn attempts_page(
+        &self,
+        f: &AttemptFilter,
+        before: Option<AttemptId>,
+        max: usize,
+        max_examined: usize,
+    ) -> Result<Page<Attempt, AttemptId>> {
         let t = self.t()?;
-        let mut out = Vec::new();
-        for item in t.attempts.iter().rev() {
-            let (_, v) = item.map_err(self.sled_err("scan attempts"))?;
+        let mut page = Page::default();
+        let range = match before {
+            Some(b) => t.attempts.range(..be(b)),
+            None => t.attempts.range::<&[u8], _>(..),
+        };
+        for (examined, item) in range.rev().enumerate() {
+            let (k, v) = item.map_err(self.sled_err("scan attempts"))?;
+            if page.items.len() >= max.max(1) || examined >= max_examined {
+                page.next = Some(id_from(&k) + 1);
+                break;
+            }
             let a: Attempt = serde_json::from_slice(&v).map_err(corrupt("attempt"))?;
             // Ids are taken when an attempt ends, times when it starts: a slow
             // attempt can carry an older time than later ids. Skip attempts
@@ -1084,6 +1153,7 @@ impl Journal {
                 if a.time_ms < t {
                     let ended = a.time_ms + a.duration_ms;
                     if ended + 1000 < t {
+                        page.next = None;
                         break;
                     }
                     continue;
@@ -1096,29 +1166,103 @@ impl Journal {
                     .is_none_or(|c| Some(c) == a.call_id.as_ref())
                 && f.event_type.as_ref().is_none_or(|t| *t == a.event_type);
             if keep {
-                out.push(a);
-                if f.limit > 0 && out.len() >= f.limit {
-                    break;
-                }
+                page.items.push(a);
             }
         }
-        Ok(out)
+        Ok(page)
     }
 
-    /// CDRs journaled at or after `since_ms`, oldest first (metadata only).
-    pub fn cdrs_since(&self, since_ms: u64) -> Result<Vec<CdrMeta>> {
+    /// Attempt history, newest first, up to `f.limit` (0: all): for tests
+    /// (an operator's listing goes page by page).
+    #[cfg(test)]
+    pub fn attempts(&self, f: &AttemptFilter) -> Result<Vec<Attempt>> {
+        let (mut out, mut before) = (Vec::new(), None);
+        loop {
+            let want = if f.limit == 0 {
+                usize::MAX
+            } else {
+                f.limit - out.len()
+            };
+            let page = self.attempts_page(f, before, want.min(2), 3)?;
+            out.extend(page.items);
+            match page.next {
+                Some(b) if f.limit == 0 || out.len() < f.limit => before = Some(b),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Where a walk over the CDRs journaled at or after `since_ms` starts
+    /// and ends: (first, last) sequence numbers, `None` if there are none.
+    /// The end is the newest CDR now, so CDRs taken in during the walk are
+    /// left out. Found by bisection over the sequence numbers, which grow
+    /// with the time a CDR was received: a few dozen reads, not a scan.
+    pub fn cdr_range_since(&self, since_ms: u64) -> Result<Option<(CdrSeq, CdrSeq)>> {
         let t = self.t()?;
-        let mut out = Vec::new();
-        for item in t.cdrs.iter().rev() {
-            let (_, v) = item.map_err(self.sled_err("scan cdrs"))?;
-            let meta = decode_meta(&v)?;
-            if meta.received_ms < since_ms {
+        let read = |item: Option<(sled::IVec, sled::IVec)>| -> Result<Option<(CdrSeq, u64)>> {
+            match item {
+                Some((k, v)) => Ok(Some((id_from(&k), decode_meta(&v)?.received_ms))),
+                None => Ok(None),
+            }
+        };
+        let first = read(t.cdrs.first().map_err(self.sled_err("read cdrs"))?)?;
+        let last = read(t.cdrs.last().map_err(self.sled_err("read cdrs"))?)?;
+        let (Some((first, first_ms)), Some((last, last_ms))) = (first, last) else {
+            return Ok(None);
+        };
+        if last_ms < since_ms {
+            return Ok(None);
+        }
+        if first_ms >= since_ms {
+            return Ok(Some((first, last)));
+        }
+        // The first CDR at or after a sequence number, and when it came.
+        let at_or_after = |seq: CdrSeq| -> Result<Option<(CdrSeq, u64)>> {
+            let item = t.cdrs.range(be(seq)..).next().transpose();
+            read(item.map_err(self.sled_err("read cdrs"))?)
+        };
+        let (mut lo, mut hi) = (first, last);
+        while let Some(mid) = bisect(lo, hi) {
+            match at_or_after(mid)? {
+                Some((_, ms)) if ms >= since_ms => hi = mid,
+                _ => lo = mid,
+            }
+        }
+        Ok(at_or_after(hi)?.map(|(start, _)| (start, last)))
+    }
+
+    /// One page of CDR metadata, oldest first: sequence numbers `from..=to`,
+    /// at most `max`. `next` is the `from` of the following page.
+    pub fn cdrs_page(&self, from: CdrSeq, to: CdrSeq, max: usize) -> Result<Page<CdrMeta, CdrSeq>> {
+        let t = self.t()?;
+        let mut page = Page::default();
+        for item in t.cdrs.range(be(from)..=be(to)) {
+            let (k, v) = item.map_err(self.sled_err("scan cdrs"))?;
+            if page.items.len() >= max.max(1) {
+                page.next = Some(id_from(&k));
                 break;
             }
-            out.push(meta);
+            page.items.push(decode_meta(&v)?);
         }
-        out.reverse();
-        Ok(out)
+        Ok(page)
+    }
+
+    /// CDRs journaled at or after `since_ms`, oldest first (metadata only):
+    /// for tests (replay walks `cdrs_page` by page).
+    #[cfg(test)]
+    pub fn cdrs_since(&self, since_ms: u64) -> Result<Vec<CdrMeta>> {
+        let mut out = Vec::new();
+        let Some((mut from, to)) = self.cdr_range_since(since_ms)? else {
+            return Ok(out);
+        };
+        loop {
+            let page = self.cdrs_page(from, to, 2)?;
+            out.extend(page.items);
+            match page.next {
+                Some(n) => from = n,
+                None => return Ok(out),
+            }
+        }
     }
 
     /// Prunes CDRs received before `cutoff_ms` whose deliveries all ended
@@ -1565,6 +1709,132 @@ mod tests {
             1,
             "the open one stays"
         );
+    }
+
+    #[test]
+    fn bisection_probes_strictly_between_and_stops_when_adjacent() {
+        for (lo, hi, want) in [
+            (0, 1, None),
+            (5, 5, None),
+            (5, 6, None),
+            (5, 7, Some(6)),
+            (0, 10, Some(5)),
+            (10, 0, None),
+            (u64::MAX - 2, u64::MAX, Some(u64::MAX - 1)),
+        ] {
+            assert_eq!(bisect(lo, hi), want, "{lo}..{hi}");
+        }
+    }
+
+    /// `n` one-CDR files, each its own ingest batch, for subscription `a`.
+    fn ingest_n(j: &Journal, a: &Subscription, n: usize) -> Vec<DeliveryId> {
+        (0..n)
+            .map(|i| {
+                let body = format!(r#"{{"QueueId":"{i}","CallId":"c{i}"}}"#);
+                let out = j
+                    .ingest(&[file(&format!("{i}.json"), &body)], &[a])
+                    .expect("ingest");
+                out.new_deliveries[0].1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_walk_since_a_time_starts_at_the_first_cdr_received_then() {
+        let (_d, j) = open_tmp();
+        let a = sub("a");
+        assert_eq!(j.cdr_range_since(0).expect("empty"), None);
+        ingest_n(&j, &a, 7);
+        std::thread::sleep(Duration::from_millis(5));
+        let cut = now_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        for i in 0..5 {
+            let body = format!(r#"{{"QueueId":"late{i}"}}"#);
+            j.ingest(&[file(&format!("l{i}.json"), &body)], &[&a])
+                .expect("ingest");
+        }
+        let metas = j.cdrs_since(cut).expect("since");
+        assert_eq!(metas.len(), 5, "only the ones after the cut");
+        assert!(metas.iter().all(|m| m.received_ms >= cut));
+        assert!(
+            metas.windows(2).all(|w| w[0].seq < w[1].seq),
+            "oldest first"
+        );
+        assert_eq!(j.cdrs_since(0).expect("all").len(), 12);
+        assert!(j.cdrs_since(now_ms() + 1000).expect("none").is_empty());
+        // CDRs taken in after the walk began are not part of it.
+        let (from, to) = j.cdr_range_since(cut).expect("range").expect("some");
+        j.ingest(&[file("new.json", r#"{"QueueId":"new"}"#)], &[&a])
+            .expect("ingest");
+        let page = j.cdrs_page(from, to, 100).expect("page");
+        assert_eq!((page.items.len(), page.next), (5, None));
+    }
+
+    #[test]
+    fn pages_resume_where_the_last_one_stopped() {
+        let (_d, j) = open_tmp();
+        let a = sub("a");
+        let ids = ingest_n(&j, &a, 5);
+        for (i, &id) in ids.iter().enumerate() {
+            finish(
+                &j,
+                id,
+                if i % 2 == 0 {
+                    State::Dead
+                } else {
+                    State::Delivered
+                },
+            );
+        }
+        // Two of every five deliveries looked at per page: three pages.
+        let (mut failed, mut from, mut pages) = (Vec::new(), Some(0), 0);
+        while let Some(start) = from {
+            let page = j
+                .failed_deliveries_page(None, None, start, 2)
+                .expect("page");
+            failed.extend(page.items.iter().map(|d| d.id));
+            from = page.next;
+            pages += 1;
+        }
+        assert_eq!(failed, vec![ids[0], ids[2], ids[4]]);
+        assert_eq!(pages, 3);
+        // Attempts: newest first, page by page, the same as in one go.
+        let all = j
+            .attempts(&AttemptFilter::default())
+            .expect("all")
+            .iter()
+            .map(|a| a.delivery_id)
+            .collect::<Vec<_>>();
+        assert_eq!(all, ids.iter().rev().copied().collect::<Vec<_>>());
+        let first = j
+            .attempts_page(&AttemptFilter::default(), None, 2, 100)
+            .expect("page");
+        let second = j
+            .attempts_page(&AttemptFilter::default(), first.next, 2, 100)
+            .expect("page");
+        let paged: Vec<_> = first
+            .items
+            .iter()
+            .chain(&second.items)
+            .map(|a| a.delivery_id)
+            .collect();
+        assert_eq!(paged, all[..4].to_vec());
+        // A filter that matches nothing still stops after `max_examined`.
+        let none = AttemptFilter {
+            call_id: Some("nobody".into()),
+            ..Default::default()
+        };
+        let page = j.attempts_page(&none, None, 10, 3).expect("page");
+        assert!(page.items.is_empty());
+        assert!(page.next.is_some(), "more to look at");
+        assert!(j.attempts(&none).expect("all").is_empty());
+        let limited = j
+            .attempts(&AttemptFilter {
+                limit: 3,
+                ..Default::default()
+            })
+            .expect("limited");
+        assert_eq!(limited.len(), 3);
     }
 
     #[test]

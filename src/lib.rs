@@ -15,6 +15,7 @@ pub mod server;
 pub mod shutdown;
 pub mod spool;
 pub mod time;
+pub mod watchdog;
 
 use std::path::Path;
 

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::control;
 use crate::delivery::{Context, Dispatcher};
-use crate::journal::{Journal, Trigger};
+use crate::journal::Journal;
 use crate::logging;
 use crate::reload::{self, LiveConfig, Snapshot};
 use crate::shutdown::Shutdown;
@@ -107,28 +107,6 @@ impl Daemon {
         let _ = self.spool_tx.send(SpoolMsg::Rescan);
     }
 
-    /// Queues one attempt for every dead or retrying delivery that matches.
-    pub fn resend_failed(&self, sub: Option<&str>, since_ms: Option<u64>) -> Result<usize, String> {
-        let failed = self
-            .journal
-            .failed_deliveries(sub, since_ms)
-            .map_err(|e| e.to_string())?;
-        let active: Vec<String> = self
-            .config()
-            .subscriptions
-            .iter()
-            .filter(|s| s.active)
-            .map(|s| s.name.clone())
-            .collect();
-        let mut queued = 0;
-        for d in failed.iter().filter(|d| active.contains(&d.subscription)) {
-            self.dispatcher
-                .once_later(&d.subscription, d.id, Trigger::Resend);
-            queued += 1;
-        }
-        Ok(queued)
-    }
-
     pub fn spool_backlog(&self) -> (usize, usize) {
         spool::backlog(&self.config().spool)
     }
@@ -163,7 +141,13 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(signal) = signals.recv() => handle_signal(&daemon, signal),
-            Some(()) = config_changes.recv() => reload_in_background(&daemon, false),
+            Some(()) = config_changes.recv() => {
+                // Reading the files is off the runtime (cmd::lane).
+                let d = daemon.clone();
+                tokio::spawn(async move {
+                    let _ = crate::cmd::lane::reload(&d, |d| d.reload(false)).await;
+                });
+            }
         }
     }
 
@@ -272,7 +256,7 @@ async fn start(
     ));
     tokio::spawn(prune_loop(daemon.clone(), Shutdown::new(stop_rx.clone())));
     tokio::spawn(flush_loop(daemon.clone(), Shutdown::new(stop_rx.clone())));
-    tokio::spawn(watchdog_loop(Shutdown::new(stop_rx)));
+    crate::watchdog::start(tokio::runtime::Handle::current(), stop_rx);
     log::info!(
         "cdrhook {} started: spool {}, {} subscription(s), control socket {}",
         env!("CARGO_PKG_VERSION"),
@@ -301,30 +285,26 @@ fn restore(journal: &Journal, dispatcher: &Dispatcher) {
     dispatcher.resume(open, false);
 }
 
-/// Reloads on a blocking thread: reading files and certificates must not
-/// hold up the runtime, and a reload waits for one already running.
-fn reload_in_background(daemon: &Arc<Daemon>, force: bool) {
-    let d = daemon.clone();
-    tokio::task::spawn_blocking(move || {
-        let _ = d.reload(force);
-    });
-}
-
+/// Signals only start work: it runs off the runtime (`cmd::lane`), and
+/// this loop goes on at once.
 fn handle_signal(daemon: &Arc<Daemon>, signal: Signal) {
+    let d = daemon.clone();
     match signal {
         Signal::Reload => {
             log::info!("SIGHUP: reloading the config");
-            reload_in_background(daemon, true);
+            tokio::spawn(async move {
+                let _ = crate::cmd::lane::reload(&d, |d| d.reload(true)).await;
+            });
         }
-        Signal::ResendFailed => match daemon.resend_failed(None, None) {
-            Ok(n) => log::info!("SIGUSR1: resending {n} dead or retrying deliveries"),
-            Err(e) => log::error!("SIGUSR1: {e}"),
-        },
+        Signal::ResendFailed => crate::cmd::resend::on_signal(&d),
         Signal::LogStatus => {
-            let status = crate::cmd::status::collect(daemon);
-            for line in crate::cmd::status::render(&status).lines() {
-                log::info!("status: {line}");
-            }
+            tokio::spawn(async move {
+                if let Ok(status) = crate::cmd::lane::light(&d, crate::cmd::status::collect).await {
+                    for line in crate::cmd::status::render(&status).lines() {
+                        log::info!("status: {line}");
+                    }
+                }
+            });
         }
     }
 }
@@ -374,23 +354,6 @@ async fn flush_loop(daemon: Arc<Daemon>, mut shutdown: Shutdown) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => log::error!("{e}"),
             Err(e) => log::error!("journal flush: {e}"),
-        }
-    }
-}
-
-/// Pings systemd's watchdog at half its interval, from the runtime that
-/// runs everything else, so a wedged runtime gets the daemon restarted.
-async fn watchdog_loop(mut shutdown: Shutdown) {
-    let mut usec = 0;
-    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return;
-    }
-    let every = Duration::from_micros(usec / 2);
-    loop {
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -3,6 +3,7 @@
 //! (`render`, client side), so a command is read and changed in one place.
 
 pub mod attempts;
+pub mod lane;
 pub mod reload;
 pub mod replay;
 pub mod resend;
@@ -10,35 +11,54 @@ pub mod show;
 pub mod status;
 pub mod test;
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::control::protocol::{self, Request};
 use crate::journal::{Attempt, AttemptId, DeliveryId, Journal};
 use crate::server::Daemon;
 use crate::time::{local, now_ms, parse_since, rfc3339};
 
-/// Runs one request on the daemon and returns the response object.
-pub async fn apply(daemon: &Daemon, request: Request) -> Value {
+/// Runs one request on the daemon and writes its response line to `out`.
+/// `attempts` is written as it is read (see `attempts::stream`); every
+/// other response is one object. The work runs in `lane`, off the runtime.
+pub async fn respond<W: AsyncWrite + Unpin>(
+    daemon: &Arc<Daemon>,
+    request: Request,
+    out: &mut W,
+) -> std::io::Result<()> {
     let result = match request {
-        Request::Status {} => Ok(status::collect(daemon)),
-        Request::Attempts(query) => attempts::apply(daemon, query),
-        Request::Show { id } => show::apply(daemon, &id),
-        Request::Resend { ids } => resend::apply(daemon, &ids).await,
+        Request::Attempts(query) => return attempts::stream(daemon, query, out).await,
+        Request::Status {} => lane::light(daemon, status::collect).await,
+        Request::Show { id } => lane::light(daemon, move |d| show::apply(d, &id))
+            .await
+            .and_then(|r| r),
+        Request::Resend { ids } => resend::apply(daemon, ids).await,
         Request::ResendFailed {
             subscription,
             since,
-        } => resend::apply_failed(daemon, subscription.as_deref(), since.as_deref()),
+        } => resend::apply_failed(daemon, subscription, since).await,
         Request::Replay {
             subscription,
             since,
-        } => replay::apply(daemon, &subscription, &since),
-        Request::Test { subscription } => test::apply(daemon, subscription.as_deref()).await,
-        Request::Reload {} => reload::apply(daemon),
+        } => replay::apply(daemon, subscription, since).await,
+        Request::Test { subscription } => test::apply(daemon, subscription).await,
+        Request::Reload {} => lane::reload(daemon, reload::apply).await.and_then(|r| r),
     };
-    match result {
+    let response = match result {
         Ok(v) => protocol::ok(v),
         Err(e) => protocol::error(e),
-    }
+    };
+    write_line(out, &response).await
+}
+
+/// Writes one JSON value and a newline.
+pub async fn write_line<W: AsyncWrite + Unpin>(out: &mut W, v: &Value) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    out.write_all(&bytes).await
 }
 
 /// An id as the operator types it: `a12` (attempt), `d7` (delivery), or a

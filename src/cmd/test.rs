@@ -4,16 +4,18 @@
 
 use serde_json::{json, Value};
 
-use super::{cell, table};
+use std::sync::Arc;
+
+use super::{cell, lane, table};
 use crate::cdr::{cdr_id, Cdr};
-use crate::config::EventType;
+use crate::config::{EventType, Subscription};
 use crate::journal::Trigger;
 use crate::server::Daemon;
 use crate::time::{now_ms, rfc3339};
 
-pub async fn apply(d: &Daemon, only: Option<&str>) -> Result<Value, String> {
+pub async fn apply(d: &Arc<Daemon>, only: Option<String>) -> Result<Value, String> {
     let cfg = d.config();
-    let targets: Vec<_> = match only {
+    let targets: Vec<Subscription> = match only.as_deref() {
         Some(name) => {
             let sub = cfg
                 .subscriptions
@@ -28,42 +30,52 @@ pub async fn apply(d: &Daemon, only: Option<&str>) -> Result<Value, String> {
                     "subscription {name} does not list App.TestWebhook in its events (add it, or \"*\")"
                 ));
             }
-            vec![sub]
+            vec![sub.clone()]
         }
         None => cfg
             .subscriptions
             .iter()
             .filter(|s| s.active && s.wants(EventType::Test))
+            .cloned()
             .collect(),
     };
     if targets.is_empty() {
         return Err("no active subscription lists App.TestWebhook (or \"*\") in its events".into());
     }
-    let mut waiting = Vec::new();
-    for sub in &targets {
-        let body = serde_json::to_vec(&json!({
-            "EventType": EventType::Test.as_str(),
-            "Subscription": sub.name,
-            "Time": rfc3339(now_ms()),
-            "Message": "Test webhook sent by cdrhook on an operator's request",
-        }))
-        .map_err(|e| e.to_string())?;
-        let cdr = Cdr {
-            id: cdr_id(&body),
-            event_type: EventType::Test,
-            call_id: None,
-            body,
-        };
-        let meta = d.journal.put_cdr(&cdr).map_err(|e| e.to_string())?;
-        let (delivery, _) = d
-            .journal
-            .ensure_delivery(&meta, &sub.name, Trigger::Test)
+    // Journaling the test CDRs reads and writes sled: off the runtime.
+    let deliveries = lane::light(d, move |d| {
+        let mut deliveries = Vec::new();
+        for sub in &targets {
+            let body = serde_json::to_vec(&json!({
+                "EventType": EventType::Test.as_str(),
+                "Subscription": sub.name,
+                "Time": rfc3339(now_ms()),
+                "Message": "Test webhook sent by cdrhook on an operator's request",
+            }))
             .map_err(|e| e.to_string())?;
-        waiting.push((
-            sub.name.clone(),
-            d.dispatcher.once(&sub.name, delivery.id, Trigger::Test),
-        ));
-    }
+            let cdr = Cdr {
+                id: cdr_id(&body),
+                event_type: EventType::Test,
+                call_id: None,
+                body,
+            };
+            let meta = d.journal.put_cdr(&cdr).map_err(|e| e.to_string())?;
+            let (delivery, _) = d
+                .journal
+                .ensure_delivery(&meta, &sub.name, Trigger::Test)
+                .map_err(|e| e.to_string())?;
+            deliveries.push((sub.name.clone(), delivery.id));
+        }
+        Ok::<_, String>(deliveries)
+    })
+    .await??;
+    let waiting: Vec<_> = deliveries
+        .into_iter()
+        .map(|(name, id)| {
+            let fut = d.dispatcher.once(&name, id, Trigger::Test);
+            (name, fut)
+        })
+        .collect();
     let mut results = Vec::new();
     let mut all_ok = true;
     for (name, fut) in waiting {

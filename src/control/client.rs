@@ -44,5 +44,12 @@ pub fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
             reason: "the daemon closed the connection without answering".into(),
         });
     }
+    if !response.ends_with('\n') {
+        // A long answer (attempts) is written as it is read; the daemon
+        // stops mid-way only on a journal error, which it logs.
+        return Err(protocol(
+            "the answer was cut off (the daemon's log says why)".into(),
+        ));
+    }
     serde_json::from_str(&response).map_err(|e| protocol(format!("bad response: {e}")))
 }

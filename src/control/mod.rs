@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::server::Daemon;
@@ -92,26 +92,18 @@ async fn connection(
         if n == 0 {
             return Ok(());
         }
-        let (response, close) = if line.len() > protocol::MAX_REQUEST {
-            (
-                protocol::error(format!(
-                    "request larger than {} bytes refused",
-                    protocol::MAX_REQUEST
-                )),
-                true,
-            )
-        } else {
-            match protocol::parse(&line) {
-                Ok(request) => (crate::cmd::apply(&daemon, request).await, false),
-                Err(e) => (protocol::error(e), false),
-            }
-        };
-        let mut out = serde_json::to_vec(&response).unwrap_or_default();
-        out.push(b'\n');
-        write.write_all(&out).await?;
-        if close {
+        if line.len() > protocol::MAX_REQUEST {
+            let refused = protocol::error(format!(
+                "request larger than {} bytes refused",
+                protocol::MAX_REQUEST
+            ));
+            crate::cmd::write_line(&mut write, &refused).await?;
             // The rest of an oversized line is not worth reading.
             return Ok(());
+        }
+        match protocol::parse(&line) {
+            Ok(request) => crate::cmd::respond(&daemon, request, &mut write).await?,
+            Err(e) => crate::cmd::write_line(&mut write, &protocol::error(e)).await?,
         }
     }
 }
