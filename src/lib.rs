@@ -1,28 +1,27 @@
 //! cdrhook: delivers contact-center CDR files from a spool directory to
 //! webhook subscriptions, durably. See ARCHITECTURE.md for the map.
 
+//!
+//! Modules in pipeline order; each uses only those before it (and the
+//! helpers at the end): `config` → `cdr`, `spool` (intake) → `journal` →
+//! `delivery` → `control` → `daemon`; `cli` is the front. Helpers:
+//! `redact`, `time`, `logging`, `locks`, `shutdown`.
+
 pub mod cdr;
 pub mod cli;
-pub mod cmd;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod delivery;
 pub mod journal;
+pub mod locks;
 pub mod logging;
 pub mod redact;
-pub mod reload;
-pub mod server;
 pub mod shutdown;
 pub mod spool;
 pub mod time;
-pub mod watchdog;
 
 use std::path::Path;
-
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-use tokio::sync::{mpsc, oneshot};
-
-use server::Signal;
 
 /// glibc gives each thread that allocates concurrently its own arena, up to
 /// eight per core, and each keeps its freed memory: with the delivery
@@ -56,45 +55,14 @@ pub fn run_daemon(config_path: &Path) -> i32 {
             return cli::EXIT_ERROR;
         }
     };
-    let (signal_tx, signal_rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let mut signals =
-        match signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT]) {
-            Ok(s) => s,
-            Err(e) => {
-                logging::eprint_error(&format!("cannot install signal handlers: {e}"));
-                return cli::EXIT_ERROR;
-            }
-        };
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut stop = Some(stop_tx);
-            for signal in signals.forever() {
-                let forwarded = match signal {
-                    SIGHUP => Some(Signal::Reload),
-                    SIGUSR1 => Some(Signal::ResendFailed),
-                    SIGUSR2 => Some(Signal::LogStatus),
-                    _ => {
-                        if let Some(stop) = stop.take() {
-                            log::info!("signal {signal}: shutting down");
-                            let _ = stop.send(());
-                        }
-                        None
-                    }
-                };
-                if let Some(s) = forwarded {
-                    let _ = signal_tx.send(s);
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        logging::eprint_error(&format!("cannot start the signal thread: {e}"));
-        return cli::EXIT_ERROR;
-    }
-    let result = runtime.block_on(server::run(config_path, signal_rx, async {
-        let _ = stop_rx.await;
-    }));
+    let (signals, shutdown) = match daemon::signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            logging::eprint_error(&e.to_string());
+            return cli::EXIT_ERROR;
+        }
+    };
+    let result = runtime.block_on(daemon::run(config_path, signals, shutdown));
     // Blocking threads still in a request past the grace period are not
     // waited for: their deliveries are open in the journal.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));

@@ -51,6 +51,8 @@ use serde::Deserialize;
 use crate::redact::{is_credential_header, readable_by_all, MASK};
 pub use crate::redact::{Redactor, Sensitive};
 
+pub mod live;
+
 /// Where the daemon looks for its config unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/cdrhook/config.yaml";
 
