@@ -79,3 +79,79 @@ pub fn run_daemon(config_path: &Path) -> i32 {
         }
     }
 }
+
+/// The dependency rule (ARCHITECTURE.md), checked on the source: a stage
+/// uses only the stages before it, and nothing uses the daemon.
+#[cfg(test)]
+mod layering {
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file under `dir`, with its text up to its unit tests.
+    fn sources(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+        let entries = std::fs::read_dir(dir).expect("read src");
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                let code = match text.find("#[cfg(test)]") {
+                    Some(at) => text[..at].to_string(),
+                    None => text,
+                };
+                // Doc comments may name any module.
+                let code: String = code
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("//"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                out.push((path, code));
+            }
+        }
+    }
+
+    #[test]
+    fn dependencies_point_one_way() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        assert!(files.len() > 20, "found {} files", files.len());
+        // (files under this prefix, may not name these modules)
+        let rules: &[(&str, &[&str])] = &[
+            (
+                "config",
+                &[
+                    "cdr", "spool", "intake", "journal", "delivery", "control", "daemon", "cli",
+                ],
+            ),
+            ("cdr", &["control", "daemon", "cli"]),
+            ("spool", &["control", "daemon", "cli"]),
+            ("intake", &["control", "daemon", "cli"]),
+            ("journal", &["control", "daemon", "cli"]),
+            ("delivery", &["control", "daemon", "cli"]),
+            ("control", &["daemon", "cli"]),
+            ("cli", &["daemon"]),
+        ];
+        let mut broken = Vec::new();
+        for (path, code) in &files {
+            let rel = path.strip_prefix(&src).expect("under src");
+            let first = rel.components().next().expect("a component");
+            let module = first.as_os_str().to_string_lossy();
+            let module = module.trim_end_matches(".rs");
+            for (owner, forbidden) in rules {
+                if module != *owner {
+                    continue;
+                }
+                for f in *forbidden {
+                    if code.contains(&format!("crate::{f}::"))
+                        || code.contains(&format!("crate::{f};"))
+                        || code.contains(&format!("crate::{{{f}"))
+                    {
+                        broken.push(format!("{} uses crate::{f}", rel.display()));
+                    }
+                }
+            }
+        }
+        assert!(broken.is_empty(), "{broken:#?}");
+    }
+}
