@@ -1,6 +1,9 @@
 //! The command line (SPEC §5): `cdrhook run` starts the daemon; every other
 //! subcommand but `check-config` asks the running daemon over the control
-//! socket and prints a table, or one JSON document with `--json`.
+//! socket and prints a table, or one JSON document with `--json`. Each
+//! subcommand becomes one typed command of `control::cmd`, and its answer
+//! is read into that command's response type: the table and the JSON come
+//! from the same type the daemon sent.
 //!
 //! Exit codes: 0 success, 1 the daemon reports an error (or a send failed),
 //! 2 bad usage, 3 no daemon answers.
@@ -189,10 +192,10 @@ enum UsageError {
 }
 
 /// Builds the command's request, checks what can be checked here, asks the
-/// daemon and prints the typed answer.
+/// daemon and prints the typed answer; returns the exit code.
 fn run_command(cli: &Cli, config_path: &Path) -> Result<i32, UsageError> {
     match &cli.command {
-        Command::Status => ask_typed(cli, config_path, Status {}),
+        Command::Status => ask(cli, config_path, Status {}),
         Command::Attempts {
             subscription,
             failed,
@@ -209,7 +212,7 @@ fn run_command(cli: &Cli, config_path: &Path) -> Result<i32, UsageError> {
                     ));
                 }
             }
-            ask_typed(
+            ask(
                 cli,
                 config_path,
                 Attempts {
@@ -224,7 +227,7 @@ fn run_command(cli: &Cli, config_path: &Path) -> Result<i32, UsageError> {
         }
         Command::Show { id } => {
             cmd::parse_id(id)?;
-            ask_typed(cli, config_path, Show { id: id.clone() })
+            ask(cli, config_path, Show { id: id.clone() })
         }
         Command::Resend {
             ids,
@@ -233,7 +236,7 @@ fn run_command(cli: &Cli, config_path: &Path) -> Result<i32, UsageError> {
             since,
         } => {
             if *failed {
-                ask_typed(
+                ask(
                     cli,
                     config_path,
                     ResendFailed {
@@ -245,13 +248,13 @@ fn run_command(cli: &Cli, config_path: &Path) -> Result<i32, UsageError> {
                 for id in ids {
                     cmd::parse_id(id)?;
                 }
-                ask_typed(cli, config_path, Resend { ids: ids.clone() })
+                ask(cli, config_path, Resend { ids: ids.clone() })
             }
         }
         Command::Replay {
             subscription,
             since,
-        } => ask_typed(
+        } => ask(
             cli,
             config_path,
             Replay {
@@ -259,21 +262,17 @@ fn run_command(cli: &Cli, config_path: &Path) -> Result<i32, UsageError> {
                 since: since_arg(since)?,
             },
         ),
-        Command::Test { subscription } => ask_typed(
+        Command::Test { subscription } => ask(
             cli,
             config_path,
             Test {
                 subscription: subscription.clone(),
             },
         ),
-        Command::Reload => ask_typed(cli, config_path, Reload {}),
+        Command::Reload => ask(cli, config_path, Reload {}),
         // Handled in `main`.
         Command::Run | Command::CheckConfig { .. } => Ok(EXIT_USAGE),
     }
-}
-
-fn ask_typed<C: ControlCommand>(cli: &Cli, config_path: &Path, c: C) -> Result<i32, UsageError> {
-    Ok(ask(cli, config_path, c))
 }
 
 /// `--socket`, else `control.socket` read leniently from the config (so an
@@ -295,7 +294,11 @@ fn socket_path(cli: &Cli, config_path: &Path) -> PathBuf {
 
 /// Asks the daemon; prints its answer (the table, or with `--json` the
 /// response type as JSON); returns the exit code.
-fn ask<C: ControlCommand>(cli: &Cli, config_path: &Path, command: C) -> i32 {
+fn ask<C: ControlCommand>(cli: &Cli, config_path: &Path, command: C) -> Result<i32, UsageError> {
+    Ok(exchange(cli, config_path, command))
+}
+
+fn exchange<C: ControlCommand>(cli: &Cli, config_path: &Path, command: C) -> i32 {
     let socket = socket_path(cli, config_path);
     let response = match client::call(&socket, command) {
         Ok(Reply::Ok(r)) => r,
