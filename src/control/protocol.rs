@@ -33,9 +33,6 @@ pub enum Request {
     Reload(Reload),
 }
 
-/// The filters of `attempts`: the request type itself.
-pub type AttemptsQuery = Attempts;
-
 /// A request line that is not one: its text is the error response's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

@@ -17,6 +17,8 @@ pub mod signals;
 mod timers;
 pub mod watchdog;
 
+pub use signals::Signal;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
@@ -39,8 +41,7 @@ use crate::time::now_ms;
 /// by recent keys, so a small cache keeps the resident size small.
 const JOURNAL_CACHE: u64 = 8 << 20;
 
-pub use signals::Signal;
-
+/// Why the daemon could not start (it exits 1 with this message).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
