@@ -23,10 +23,10 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
 use crate::cdr::{parse_file, Rejection};
+use crate::config::live::LiveConfig;
 use crate::config::{AfterIngest, Config, SpoolConfig};
 use crate::delivery::Dispatcher;
 use crate::journal::{IngestFile, IngestOutcome, Journal};
-use crate::reload::LiveConfig;
 use crate::time::{now_ms, rfc3339};
 
 /// The in-flight directory's name inside `spool.dir`. Its leading dot keeps

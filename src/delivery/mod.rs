@@ -29,9 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::config::live::{DeliverySettings, LiveConfig};
 use crate::config::Subscription;
 use crate::journal::{Attempt, DeliveryId, Journal, State, Trigger};
-use crate::reload::{DeliverySettings, LiveConfig};
+use crate::locks::lock;
 use crate::time::now_ms;
 
 use queue::{Job, Next, Note, Outcome, Queue, Requested, SubView, Verdict};
@@ -107,16 +108,13 @@ impl Dispatcher {
     }
 
     fn send(&self, name: &str, msg: Msg) {
-        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut workers = lock(&self.workers);
         let tx = workers.entry(name.to_string()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let worker = Worker::new(name.to_string(), self.ctx.clone());
             let stop = self.stop.subscribe();
             let _guard = self.runtime.enter();
-            self.tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .spawn_on(worker.run(rx, stop), &self.runtime);
+            lock(&self.tasks).spawn_on(worker.run(rx, stop), &self.runtime);
             tx
         });
         // A closed worker means we are shutting down; what it would have sent
@@ -132,13 +130,7 @@ impl Dispatcher {
         for sub in subs {
             self.send(&sub.name, Msg::Subscription(Some(Arc::new(sub.clone()))));
         }
-        let known: Vec<String> = self
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let known: Vec<String> = lock(&self.workers).keys().cloned().collect();
         for name in known.iter().filter(|n| !listed.contains(n)) {
             self.send(name, Msg::Subscription(None));
         }
@@ -222,7 +214,7 @@ impl Dispatcher {
     /// `grace` has passed.
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.stop.send(true);
-        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
         let all = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all).await.is_err() {
             log::warn!("shutdown: attempts still in flight after {grace:?}; they will be retried at the next start");

@@ -31,8 +31,19 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::config::{self, Config, ConfigError, DeliveryConfig};
-use crate::delivery::http;
+use crate::locks::{lock, read, write};
 use crate::time::now_ms;
+
+/// Builds the one HTTP agent for a version's `delivery` settings; the
+/// daemon passes `delivery::http::build_agent`. Passed in, so the config
+/// stage does not depend on the delivery stage after it.
+pub type AgentBuilder = fn(&DeliveryConfig) -> Result<ureq::Agent, String>;
+
+/// A reload that was refused: the previous version stays in force. The
+/// message names the file (and line and column, for a YAML mistake).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ReloadRefused(pub String);
 
 /// How long the file must be quiet before we read it: editors write a
 /// temporary file and rename it, or truncate and write, in several steps.
@@ -75,6 +86,7 @@ pub struct LiveConfig {
     /// the text last read, to skip no-op reloads from the watcher (a
     /// `touch`, an editor saving twice, the same bad version written again).
     reloading: Mutex<Option<String>>,
+    build: AgentBuilder,
 }
 
 pub enum Reloaded {
@@ -94,10 +106,10 @@ impl Reloaded {
 
 impl LiveConfig {
     /// Loads the config for start-up: an error here stops the daemon.
-    pub fn load(path: &Path) -> Result<LiveConfig, ConfigError> {
+    pub fn load(path: &Path, build: AgentBuilder) -> Result<LiveConfig, ConfigError> {
         let source = config::read(path)?;
         let cfg = config::from_source(&source, path, &config::env_var)?;
-        let agent = build_agent(path, &cfg)?;
+        let agent = build_agent(build, path, &cfg)?;
         log_warnings(&cfg);
         Ok(LiveConfig {
             path: path.to_path_buf(),
@@ -111,6 +123,7 @@ impl LiveConfig {
                 },
             })),
             reloading: Mutex::new(Some(source.text)),
+            build,
         })
     }
 
@@ -120,10 +133,7 @@ impl LiveConfig {
 
     /// The version in force.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        read(&self.current).clone()
     }
 
     pub fn get(&self) -> Arc<Config> {
@@ -145,8 +155,12 @@ impl LiveConfig {
     /// a whole and its message kept for `status`. With `force` false an
     /// unchanged file is a no-op. A forced reload also builds the agent
     /// again, so a renewed `ca_file` is read.
-    pub fn reload(&self, force: bool, apply: impl FnOnce(&Snapshot)) -> Result<Reloaded, String> {
-        let mut last = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+    pub fn reload(
+        &self,
+        force: bool,
+        apply: impl FnOnce(&Snapshot),
+    ) -> Result<Reloaded, ReloadRefused> {
+        let mut last = lock(&self.reloading);
         let old = self.snapshot();
         let source = match config::read(&self.path) {
             Ok(source) => source,
@@ -164,7 +178,7 @@ impl LiveConfig {
                 || new.delivery.timeout != old.config.delivery.timeout
                 || new.delivery.ca_file != old.config.delivery.ca_file
             {
-                build_agent(&self.path, &new)?
+                build_agent(self.build, &self.path, &new)?
             } else {
                 old.agent.clone()
             };
@@ -208,12 +222,12 @@ impl LiveConfig {
     }
 
     fn publish(&self, snapshot: Arc<Snapshot>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        *write(&self.current) = snapshot;
     }
 
     /// Keeps `old` in force with the refusal in its status; returns the
     /// message.
-    fn refuse(&self, old: &Snapshot, message: String) -> String {
+    fn refuse(&self, old: &Snapshot, message: String) -> ReloadRefused {
         log::error!("config reload refused, the previous version stays in force: {message}");
         self.publish(Arc::new(Snapshot {
             config: old.config.clone(),
@@ -225,12 +239,12 @@ impl LiveConfig {
                 ..old.status.clone()
             },
         }));
-        message
+        ReloadRefused(message)
     }
 }
 
-fn build_agent(path: &Path, cfg: &Config) -> Result<ureq::Agent, ConfigError> {
-    http::build_agent(&cfg.delivery).map_err(|message| ConfigError::Unpositioned {
+fn build_agent(build: AgentBuilder, path: &Path, cfg: &Config) -> Result<ureq::Agent, ConfigError> {
+    build(&cfg.delivery).map_err(|message| ConfigError::Unpositioned {
         path: path.to_path_buf(),
         message,
     })
@@ -308,7 +322,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, sub("a")).expect("write");
-        let live = LiveConfig::load(&path).expect("load");
+        let live = LiveConfig::load(&path, crate::delivery::http::build_agent).expect("load");
         let first = live.snapshot();
         assert_eq!(first.generation, 1);
 
@@ -335,7 +349,7 @@ mod tests {
 
         // A refused version keeps b's config and agent; only the status changes.
         std::fs::write(&path, "subscriptions:\n  - name: c\n").expect("write");
-        let err = live.reload(false, &mut record).err().expect("refused");
+        let err = live.reload(false, &mut record).err().expect("refused").0;
         assert!(err.contains("config.yaml:"), "{err}");
         let after = live.snapshot();
         assert!(Arc::ptr_eq(&after.config, &b.config));
@@ -353,7 +367,7 @@ mod tests {
             format!("delivery:\n  ca_file: /nonexistent/ca.pem\n{}", sub("d")),
         )
         .expect("write");
-        let err = live.reload(false, &mut record).err().expect("refused");
+        let err = live.reload(false, &mut record).err().expect("refused").0;
         assert!(
             err.contains("delivery.ca_file /nonexistent/ca.pem"),
             "{err}"

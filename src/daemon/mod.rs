@@ -1,10 +1,23 @@
 //! The daemon: starts every part in order, routes signals and config
-//! changes to them, and stops them in order.
+//! changes to them, and stops them in order. It is the last stage: it may
+//! use every other module, and nothing uses it (commands get the narrow
+//! [`Handles`], not the daemon).
+//!
+//! - `signals`: the one signal mechanism (signal-hook's thread) and what
+//!   each signal starts;
+//! - `timers`: the journal flush and retention;
+//! - `watchdog`: systemd's watchdog thread.
 //!
 //! Start-up: config → control socket (refuse if another daemon answers) →
 //! journal → deliveries restored → spool thread (recovery, first scan) →
 //! watchers → READY=1. Shutdown: stop intake → let attempts in flight finish
 //! (at most `delivery.timeout`) → flush the journal → remove the socket.
+
+pub mod signals;
+mod timers;
+pub mod watchdog;
+
+pub use signals::Signal;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -14,12 +27,12 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::config::live::{self, LiveConfig};
 use crate::config::Config;
-use crate::control;
-use crate::delivery::{Context, Dispatcher};
+use crate::control::{self, Handles, SpoolHandle};
+use crate::delivery::{http, Context, Dispatcher};
 use crate::journal::Journal;
 use crate::logging;
-use crate::reload::{self, LiveConfig, Snapshot};
 use crate::shutdown::Shutdown;
 use crate::spool::{self, Spool, SpoolMsg};
 use crate::time::now_ms;
@@ -28,27 +41,13 @@ use crate::time::now_ms;
 /// by recent keys, so a small cache keeps the resident size small.
 const JOURNAL_CACHE: u64 = 8 << 20;
 
-/// How long after an unflushed write the journal is flushed.
-const FLUSH_AFTER: Duration = Duration::from_secs(1);
-
-/// How often retention runs. Far slower than any rescan, so an idle daemon
-/// stays idle.
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
-
-/// Operator requests that arrive as signals (SPEC §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Reload,
-    ResendFailed,
-    LogStatus,
-}
-
+/// Why the daemon could not start (it exits 1 with this message).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("{0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("{0}")]
-    Control(String),
+    #[error(transparent)]
+    Control(#[from] control::BindError),
     #[error("cannot open the journal at {path} (is another cdrhook using it?): {source}")]
     Journal {
         path: PathBuf,
@@ -56,60 +55,14 @@ pub enum StartError {
     },
     #[error("spool: {0}")]
     Spool(std::io::Error),
-    #[error("{0}")]
-    Delivery(String),
 }
 
-/// What the control commands and signal handlers act on.
+/// The running daemon, as its own parts (signals, config watcher, stop
+/// order) hold it: the handles commands get, and the spool thread's
+/// channel to stop it.
 pub struct Daemon {
-    pub live: Arc<LiveConfig>,
-    pub journal: Arc<Journal>,
-    pub dispatcher: Arc<Dispatcher>,
+    pub handles: Arc<Handles>,
     spool_tx: std_mpsc::Sender<SpoolMsg>,
-    pub started_ms: u64,
-    /// Files rejected since start, for `status`.
-    pub rejections: Arc<spool::Rejections>,
-}
-
-impl Daemon {
-    pub fn config(&self) -> Arc<Config> {
-        self.live.get()
-    }
-
-    /// The one reload path (file watcher, SIGHUP, `cdrhook reload`, control
-    /// socket): reads the file once, validates it, and puts a valid version
-    /// in force everywhere, one reload at a time (see `reload`). Returns the
-    /// snapshot in force afterwards. Blocking: call it from a blocking
-    /// thread.
-    pub fn reload(&self, force: bool) -> Result<Arc<Snapshot>, String> {
-        let _ = sd_notify::notify(
-            false,
-            &[
-                sd_notify::NotifyState::Reloading,
-                sd_notify::NotifyState::monotonic_usec_now()
-                    .unwrap_or(sd_notify::NotifyState::Custom("")),
-            ],
-        );
-        let result = self
-            .live
-            .reload(force, |snapshot| self.apply(&snapshot.config))
-            .map(|r| r.snapshot().clone());
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-        result
-    }
-
-    /// Hands a version just published to the parts that keep their own
-    /// copy. Runs under the reload lock, so parts see versions in order.
-    fn apply(&self, cfg: &Config) {
-        logging::apply_level(cfg.log_level.as_deref());
-        self.dispatcher.apply_subscriptions(&cfg.subscriptions);
-        // A shorter rescan_interval should not wait for the old one to run out.
-        let _ = self.spool_tx.send(SpoolMsg::Rescan);
-    }
-
-    pub fn spool_backlog(&self) -> (usize, usize) {
-        spool::backlog(&self.config().spool)
-    }
 }
 
 /// Runs the daemon until `shutdown` completes. Signals (reload, resend,
@@ -119,11 +72,11 @@ pub async fn run(
     mut signals: mpsc::UnboundedReceiver<Signal>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
-    let live = Arc::new(LiveConfig::load(config_path)?);
+    let live = Arc::new(LiveConfig::load(config_path, http::build_agent)?);
     let cfg = live.get();
     logging::apply_level(cfg.log_level.as_deref());
 
-    let listener = control::bind(&cfg.control.socket).map_err(StartError::Control)?;
+    let listener = control::bind(&cfg.control.socket)?;
     let socket_path = cfg.control.socket.clone();
     let started = start(live, cfg, listener).await;
     let (daemon, parts) = match started {
@@ -140,12 +93,12 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(signal) = signals.recv() => handle_signal(&daemon, signal),
+            Some(signal) = signals.recv() => signals::handle(&daemon.handles, signal),
             Some(()) = config_changes.recv() => {
                 // Reading the files is off the runtime (cmd::lane).
-                let d = daemon.clone();
+                let h = daemon.handles.clone();
                 tokio::spawn(async move {
-                    let _ = crate::cmd::lane::reload(&d, |d| d.reload(false)).await;
+                    let _ = control::cmd::lane::reload(&h, |h| h.reload(false)).await;
                 });
             }
         }
@@ -157,10 +110,10 @@ pub async fn run(
     let _ = daemon.spool_tx.send(SpoolMsg::Stop);
     let spool_thread = parts.spool_thread;
     let _ = tokio::task::spawn_blocking(move || spool_thread.join()).await;
-    let grace = daemon.config().delivery.timeout + Duration::from_secs(1);
-    daemon.dispatcher.shutdown(grace).await;
+    let grace = daemon.handles.config().delivery.timeout + Duration::from_secs(1);
+    daemon.handles.dispatcher.shutdown(grace).await;
     let _ = parts.control.await;
-    if let Err(e) = daemon.journal.flush() {
+    if let Err(e) = daemon.handles.journal.flush() {
         log::error!("stopping: {e}");
     }
     let _ = std::fs::remove_file(&socket_path);
@@ -181,7 +134,7 @@ async fn start(
     live: Arc<LiveConfig>,
     cfg: Arc<Config>,
     listener: tokio::net::UnixListener,
-) -> Result<(Arc<Daemon>, Parts), StartError> {
+) -> Result<(Daemon, Parts), StartError> {
     let journal = Arc::new(
         Journal::open(&cfg.journal.path, JOURNAL_CACHE).map_err(|source| StartError::Journal {
             path: cfg.journal.path.clone(),
@@ -232,7 +185,7 @@ async fn start(
         .map_err(StartError::Spool)?;
 
     let (config_tx, config_changes) = mpsc::unbounded_channel();
-    match reload::watch(live.path(), config_tx) {
+    match live::watch(live.path(), config_tx) {
         Ok(w) => watchers.push(w),
         Err(e) => log::warn!(
             "config: cannot watch {} ({e}); reload with SIGHUP or `cdrhook reload`",
@@ -240,23 +193,27 @@ async fn start(
         ),
     }
 
-    let daemon = Arc::new(Daemon {
-        live,
-        journal,
+    let handles = Arc::new(Handles {
+        live: live.clone(),
+        journal: journal.clone(),
         dispatcher,
-        spool_tx,
+        spool: SpoolHandle::new(spool_tx.clone(), rejections),
         started_ms: now_ms(),
-        rejections,
     });
+    let daemon = Daemon { handles, spool_tx };
     let (stop, stop_rx) = watch::channel(false);
     let control = tokio::spawn(control::serve(
         listener,
-        daemon.clone(),
+        daemon.handles.clone(),
         Shutdown::new(stop_rx.clone()),
     ));
-    tokio::spawn(prune_loop(daemon.clone(), Shutdown::new(stop_rx.clone())));
-    tokio::spawn(flush_loop(daemon.clone(), Shutdown::new(stop_rx.clone())));
-    crate::watchdog::start(tokio::runtime::Handle::current(), stop_rx);
+    tokio::spawn(timers::prune(
+        journal.clone(),
+        live,
+        Shutdown::new(stop_rx.clone()),
+    ));
+    tokio::spawn(timers::flush(journal, Shutdown::new(stop_rx.clone())));
+    watchdog::start(tokio::runtime::Handle::current(), stop_rx);
     log::info!(
         "cdrhook {} started: spool {}, {} subscription(s), control socket {}",
         env!("CARGO_PKG_VERSION"),
@@ -283,77 +240,4 @@ fn restore(journal: &Journal, dispatcher: &Dispatcher) {
         log::info!("resuming {} open deliveries from the journal", open.len());
     }
     dispatcher.resume(open, false);
-}
-
-/// Signals only start work: it runs off the runtime (`cmd::lane`), and
-/// this loop goes on at once.
-fn handle_signal(daemon: &Arc<Daemon>, signal: Signal) {
-    let d = daemon.clone();
-    match signal {
-        Signal::Reload => {
-            log::info!("SIGHUP: reloading the config");
-            tokio::spawn(async move {
-                let _ = crate::cmd::lane::reload(&d, |d| d.reload(true)).await;
-            });
-        }
-        Signal::ResendFailed => crate::cmd::resend::on_signal(&d),
-        Signal::LogStatus => {
-            tokio::spawn(async move {
-                if let Ok(status) = crate::cmd::lane::light(&d, crate::cmd::status::collect).await {
-                    for line in crate::cmd::status::render(&status).lines() {
-                        log::info!("status: {line}");
-                    }
-                }
-            });
-        }
-    }
-}
-
-async fn prune_loop(daemon: Arc<Daemon>, mut shutdown: Shutdown) {
-    loop {
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = tokio::time::sleep(PRUNE_EVERY) => {}
-        }
-        let d = daemon.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let retention = d.config().journal.retention;
-            let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
-            d.journal.prune(cutoff, 50_000)
-        })
-        .await;
-        match result {
-            Ok(Ok(stats)) if stats.cdrs > 0 => log::info!(
-                "retention: pruned {} CDRs, {} deliveries, {} attempts",
-                stats.cdrs,
-                stats.deliveries,
-                stats.attempts
-            ),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => log::error!("retention: {e}"),
-            Err(e) => log::error!("retention: {e}"),
-        }
-    }
-}
-
-/// Flushes the journal a second after writes that `ingest` does not flush
-/// itself (attempt results): a crash loses at most that second of results,
-/// which only means resending those CDRs. Sleeps while nothing is written.
-async fn flush_loop(daemon: Arc<Daemon>, mut shutdown: Shutdown) {
-    loop {
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = daemon.journal.written() => {}
-        }
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = tokio::time::sleep(FLUSH_AFTER) => {}
-        }
-        let d = daemon.clone();
-        match tokio::task::spawn_blocking(move || d.journal.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::error!("{e}"),
-            Err(e) => log::error!("journal flush: {e}"),
-        }
-    }
 }

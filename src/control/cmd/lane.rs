@@ -21,7 +21,12 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::server::Daemon;
+use crate::control::Handles;
+
+/// The blocking task running a command's work panicked or was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error("internal: {0}")]
+pub struct LaneError(String);
 
 /// Pages of journal walks running at once, across every heavy command.
 pub const HEAVY_AT_ONCE: usize = 1;
@@ -33,39 +38,39 @@ static HEAVY: Semaphore = Semaphore::const_new(HEAVY_AT_ONCE);
 static LIGHT: Semaphore = Semaphore::const_new(LIGHT_AT_ONCE);
 
 /// Runs one step of a heavy command (one page of a walk) off the runtime.
-pub async fn heavy<T, F>(daemon: &Arc<Daemon>, f: F) -> Result<T, String>
+pub async fn heavy<T, F>(h: &Arc<Handles>, f: F) -> Result<T, LaneError>
 where
     T: Send + 'static,
-    F: FnOnce(&Daemon) -> T + Send + 'static,
+    F: FnOnce(&Handles) -> T + Send + 'static,
 {
-    run(&HEAVY, daemon, f).await
+    run(&HEAVY, h, f).await
 }
 
 /// Runs a light command's work off the runtime.
-pub async fn light<T, F>(daemon: &Arc<Daemon>, f: F) -> Result<T, String>
+pub async fn light<T, F>(h: &Arc<Handles>, f: F) -> Result<T, LaneError>
 where
     T: Send + 'static,
-    F: FnOnce(&Daemon) -> T + Send + 'static,
+    F: FnOnce(&Handles) -> T + Send + 'static,
 {
-    run(&LIGHT, daemon, f).await
+    run(&LIGHT, h, f).await
 }
 
-async fn run<T, F>(lane: &'static Semaphore, daemon: &Arc<Daemon>, f: F) -> Result<T, String>
+async fn run<T, F>(lane: &'static Semaphore, h: &Arc<Handles>, f: F) -> Result<T, LaneError>
 where
     T: Send + 'static,
-    F: FnOnce(&Daemon) -> T + Send + 'static,
+    F: FnOnce(&Handles) -> T + Send + 'static,
 {
     // The semaphores are never closed.
-    let permit = lane.acquire().await.map_err(|e| format!("internal: {e}"))?;
-    let d = daemon.clone();
+    let permit = lane.acquire().await.map_err(|e| LaneError(e.to_string()))?;
+    let h = h.clone();
     // The permit goes with the work: it bounds what runs, even if the
     // connection that asked for it is gone meanwhile.
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        f(&d)
+        f(&h)
     })
     .await
-    .map_err(|e| format!("internal: {e}"))
+    .map_err(|e| LaneError(e.to_string()))
 }
 
 static RELOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -75,11 +80,11 @@ static RELOAD: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// last applies the file's latest text. A reload waiting for the one before
 /// it holds no thread and no slot of the light lane, so a burst of reloads
 /// never holds `status` back.
-pub async fn reload<T, F>(daemon: &Arc<Daemon>, f: F) -> Result<T, String>
+pub async fn reload<T, F>(h: &Arc<Handles>, f: F) -> Result<T, LaneError>
 where
     T: Send + 'static,
-    F: FnOnce(&Daemon) -> T + Send + 'static,
+    F: FnOnce(&Handles) -> T + Send + 'static,
 {
     let _one = RELOAD.lock().await;
-    light(daemon, f).await
+    light(h, f).await
 }
