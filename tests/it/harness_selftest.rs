@@ -2,8 +2,6 @@
 //! daemon: the receiver, the waits, the signature check, the spool and
 //! config helpers, the control-socket client and the command runner.
 
-mod common;
-
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixListener;
@@ -11,7 +9,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::harness::*;
 
 const SECOND: Duration = Duration::from_secs(1);
 const FIVE_SECONDS: Duration = Duration::from_secs(5);
