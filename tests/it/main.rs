@@ -4,7 +4,7 @@
 //! Each test runs the real `cdrhook` binary against real HTTP receivers on
 //! 127.0.0.1 and real directories. Run one theme with
 //! `cargo test --test it spool::`, one test with its full path, e.g.
-//! `cargo test --test it delivery::retry_after_is_honoured -- --exact`.
+//! `cargo test --test it delivery::retry_after_is_honoured_up_to_twice_the_step -- --exact`.
 
 mod harness;
 
