@@ -1,17 +1,14 @@
 //! Durability (SPEC §3, §6): a kill -9 mid-run, a lost journal, and a
 //! SIGTERM while a request hangs. Nothing undelivered may be lost.
 
-mod common;
-mod support;
-
 use std::collections::BTreeSet;
 use std::fs;
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
-use support::*;
+use crate::harness::support::*;
+use crate::harness::*;
 
 /// These tests run one at a time: the first drives thousands of files
 /// through a debug build on a small machine, and the others measure

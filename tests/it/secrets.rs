@@ -4,13 +4,11 @@
 //! the file; and a file holding a secret that every user can read is a
 //! warning in the log, `check-config` and `status`.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(20);

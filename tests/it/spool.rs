@@ -1,15 +1,12 @@
 //! The spool end to end (SPEC §3, §4): what is taken in, what it becomes on
 //! the wire, what is rejected and why, and where files go afterwards.
 
-mod common;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::symlink;
 
-use common::*;
-use support::*;
+use crate::harness::support::*;
+use crate::harness::*;
 
 /// The event type a sample's file name announces.
 fn sample_type(name: &str) -> &'static str {

@@ -2,14 +2,11 @@
 //! editors' two ways of saving, refused versions, start-up with a bad file,
 //! and subscriptions made inactive or removed.
 
-mod common;
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::*;
-use support::*;
+use crate::harness::support::*;
+use crate::harness::*;
 
 /// SPEC: a valid version takes effect within one second; give it three.
 const RELOAD_DEADLINE: Duration = Duration::from_secs(3);

@@ -291,7 +291,7 @@ impl TestDir {
         fs::write(&path, yaml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
-    /// Drops a file into this spool (see `common::drop_file`).
+    /// Drops a file into this spool (see `harness::drop_file`).
     pub fn drop_file(&self, name: &str, bytes: &[u8]) -> PathBuf {
         super::drop_file(&self.spool(), name, bytes)
     }

@@ -1,5 +1,5 @@
 //! Helpers shared by the pipeline tests (spool, delivery, reload, crash),
-//! on top of the harness in `tests/common`. Use with `mod common; mod support;`.
+//! on top of the rest of the harness.
 
 #![allow(dead_code)]
 
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::common::*;
+use super::*;
 
 /// Two Standard Webhooks secrets (`whsec_` + base64).
 pub const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -11,8 +11,6 @@
 //! take the test past a minute. The benchmark (`benches/operator.rs`) runs
 //! the same commands on 100,000.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
@@ -21,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::harness::*;
 use cdrhook::cdr::parse_file;
 use cdrhook::config::Subscription;
 use cdrhook::journal::{Attempt, IngestFile, Journal, State, Trigger};
 use cdrhook::time::now_ms;
-use common::*;
 
 /// CDRs in the journal. Building it takes most of the test's time.
 const CDRS: usize = 30_000;

@@ -2,8 +2,6 @@
 //! every command with and without `--json`, exit codes, help, and signals.
 //! Each test runs the real binary against its own directory and receiver.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -14,8 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::harness::*;
 use cdrhook::time::{now_ms, parse_since, rfc3339};
-use common::*;
 
 /// Deadline for anything the daemon does on its own (a delivery, a retry
 /// schedule of a few hundred ms, a reload).

@@ -6,9 +6,6 @@
 //! They run one at a time (a static mutex): several drive thousands of files
 //! through a debug build, and the others measure time gaps.
 
-mod common;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
@@ -18,8 +15,8 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
-use support::*;
+use crate::harness::support::*;
+use crate::harness::*;
 
 static HEAVY: Mutex<()> = Mutex::new(());
 

@@ -2,12 +2,14 @@
 //! run the real daemon and its CLI against a throw-away directory, spool
 //! helpers, polling waits and a Standard Webhooks signature check.
 //!
-//! Use it with `mod common;` and `use common::*;` in a test file.
+//! Every test module uses it with `use crate::harness::*;` (and
+//! `use crate::harness::support::*;` for the pipeline helpers).
 
 #![allow(dead_code, unused_imports)]
 
 pub mod daemon;
 pub mod receiver;
+pub mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,15 +1,12 @@
 //! Delivery (SPEC §4): retries, dead deliveries, Retry-After, redirects,
 //! 4xx, slow endpoints and the queue behind a failing endpoint.
 
-mod common;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
-use support::*;
+use crate::harness::support::*;
+use crate::harness::*;
 
 fn two_subs(receiver: &Receiver, bad: &str) -> String {
     [
