@@ -534,9 +534,12 @@ fn fifty_concurrent_reloads_from_every_source_lose_nothing_and_end_on_the_last_f
             }
         }));
     }
-    // File rewrites (the watcher), both ways editors save.
+    // File rewrites (the watcher), both ways editors save. This thread is
+    // the only writer, so a reload it asks for right after writing a bad
+    // version reads that version: at least one refusal, whatever the load.
     {
         let dir = dir.clone();
+        let daemon = daemon.clone();
         let texts: Vec<String> = (1..=FILE_WRITES).map(version).collect();
         threads.push(std::thread::spawn(move || {
             for (i, text) in texts.iter().enumerate() {
@@ -544,6 +547,10 @@ fn fifty_concurrent_reloads_from_every_source_lose_nothing_and_end_on_the_last_f
                     dir.write_raw_config(text);
                 } else {
                     dir.write_raw_config_in_place(text);
+                }
+                if i + 1 == 3 {
+                    let reply = daemon.request_json(&serde_json::json!({"cmd": "reload"}));
+                    assert_eq!(reply["ok"], false, "version 3 is refused: {reply}");
                 }
                 std::thread::sleep(Duration::from_millis(35));
             }
