@@ -1200,15 +1200,8 @@ fn check_config_on_good_bad_and_example_files() {
     cdrhook(&["check-config", missing.to_str().expect("UTF-8")]).assert_status(1);
 
     let example = manifest_dir().join("config.example.yaml");
-    if example.exists() {
-        let out = cdrhook(&["check-config", example.to_str().expect("UTF-8")]);
-        out.assert_status(0);
-    } else {
-        eprintln!(
-            "SKIPPED: {} does not exist yet; not checked",
-            example.display()
-        );
-    }
+    let out = cdrhook(&["check-config", example.to_str().expect("UTF-8")]);
+    out.assert_status(0);
 }
 
 // ---------------------------------------------------------------------------

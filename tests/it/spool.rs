@@ -664,9 +664,9 @@ fn root_or_skip(test: &str) -> bool {
     if fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
         return true;
     }
-    eprintln!(
-        "\n******** SKIPPED {test}: needs root, to run the daemon as uid {DAEMON_UID} \
-         and own spool files as uid {PHONE_UID}. NOTHING WAS TESTED. ********\n"
+    cannot_run(
+        test,
+        &format!("needs root, to run the daemon as uid {DAEMON_UID} and own spool files as uid {PHONE_UID}"),
     );
     false
 }
