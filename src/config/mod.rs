@@ -66,7 +66,7 @@ use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::redact::{is_credential_header, readable_by_all, MASK};
+use crate::redact::{is_credential_header, trusted_gid, FileAccess, MASK};
 pub use crate::redact::{Redactor, Sensitive};
 
 mod expand;
@@ -366,23 +366,22 @@ pub fn env_var(name: &str) -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     pub text: String,
-    /// `st_mode` of the file read, when it could be had.
-    pub mode: Option<u32>,
+    /// Mode and group of the file read, when they could be had.
+    pub access: Option<FileAccess>,
 }
 
 /// Reads the config file once.
 pub fn read(path: &Path) -> Result<Source, ConfigError> {
     use std::io::Read as _;
-    use std::os::unix::fs::MetadataExt as _;
     let io = |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
-    let mode = file.metadata().ok().map(|m| m.mode());
+    let access = file.metadata().ok().map(|m| FileAccess::of(&m));
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(io)?;
-    Ok(Source { text, mode })
+    Ok(Source { text, access })
 }
 
 /// Validates text read by [`read`], adding the warning for a config file that
@@ -393,7 +392,7 @@ pub fn from_source(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let mut config = parse(&source.text, path, env)?;
-    if let Some(w) = config_file_warning(path, source.mode, &config.secrets_in_file) {
+    if let Some(w) = config_file_warning(path, source.access, &config.secrets_in_file) {
         config.warnings.insert(0, w);
     }
     Ok(config)

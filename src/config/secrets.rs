@@ -1,6 +1,6 @@
 //! Secrets: `secret` (literal or `${VAR}`), `secret_file` (read once, with
-//! its mode), decoding `whsec_` + base64, and the warnings for secrets every
-//! user can read. What counts as secret is `crate::redact`'s rule.
+//! its mode), decoding `whsec_` + base64, and the warnings for secrets that
+//! others than the owner and group `cdrhook` can read. What counts as secret is `crate::redact`'s rule.
 
 use super::*;
 
@@ -24,32 +24,26 @@ text_newtype!(SecretFile, "the path of a file holding a secret", |s| {
         return Err("the path is empty".into());
     }
     let path = resolve(&with_context(|ctx| ctx.base.clone()), Path::new(&text));
-    let (contents, mode) = read_with_mode(&path)
+    let (contents, access) = read_with_access(&path)
         .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
     let secret = decode_secret(contents.trim_end())
         .map(SecretFile)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    if let Some(mode) = mode.filter(|&m| readable_by_all(m)) {
-        let warning = format!(
-            "secret file {} can be read by every user (mode {:04o}): run `chmod o-r {}`",
-            path.display(),
-            mode & 0o7777,
-            path.display()
-        );
+    if let Some(loose) = access.and_then(|a| a.loose(trusted_gid(), &path)) {
+        let warning = format!("secret file {} {loose}", path.display());
         with_context(|ctx| ctx.warnings.push(warning));
     }
     Ok(secret)
 });
 
-/// A file's text and the mode of the very file read.
-pub(super) fn read_with_mode(path: &Path) -> std::io::Result<(String, Option<u32>)> {
+/// A file's text, and the mode and group of the very file read.
+pub(super) fn read_with_access(path: &Path) -> std::io::Result<(String, Option<FileAccess>)> {
     use std::io::Read as _;
-    use std::os::unix::fs::MetadataExt as _;
     let mut file = std::fs::File::open(path)?;
-    let mode = file.metadata().ok().map(|m| m.mode());
+    let access = file.metadata().ok().map(|m| FileAccess::of(&m));
     let mut text = String::new();
     file.read_to_string(&mut text)?;
-    Ok((text, mode))
+    Ok((text, access))
 }
 
 pub(super) fn decode_secret(text: &str) -> Result<Secret, String> {
@@ -66,20 +60,17 @@ pub(super) fn decode_secret(text: &str) -> Result<Secret, String> {
 
 pub(super) fn config_file_warning(
     path: &Path,
-    mode: Option<u32>,
+    access: Option<FileAccess>,
     secrets: &[String],
 ) -> Option<String> {
-    let mode = mode.filter(|&m| readable_by_all(m))?;
     let first = secrets.first()?;
+    let loose = access?.loose(trusted_gid(), path)?;
     let more = match secrets.len() {
         1 => String::new(),
         n => format!(" and {} more", n - 1),
     };
     Some(format!(
-        "{} holds a secret ({first}{more}) and every user can read it (mode {:04o}): \
-         run `chmod o-r {}`, or move the secret to secret_file or ${{VAR}}",
+        "{} holds a secret ({first}{more}) and {loose}, or move the secret to secret_file or ${{VAR}}",
         path.display(),
-        mode & 0o7777,
-        path.display()
     ))
 }

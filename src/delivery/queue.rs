@@ -452,8 +452,11 @@ impl<R> Queue<R> {
 
     /// Every reply still waiting (the daemon is stopping).
     pub fn drain_replies(&mut self) -> Vec<R> {
-        self.requests.clear();
-        self.request_replies.drain().flat_map(|(_, r)| r).collect()
+        let mut replies = Vec::new();
+        for request in self.requests.drain(..) {
+            replies.extend(self.request_replies.remove(&request.id).unwrap_or_default());
+        }
+        replies
     }
 
     fn job(&mut self, id: DeliveryId, trigger: Trigger, replies: Vec<R>) -> Job<R> {
