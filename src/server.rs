@@ -17,11 +17,11 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::control;
 use crate::delivery::{Context, Dispatcher};
+use crate::intake::{self as spool, Spool, SpoolMsg};
 use crate::journal::Journal;
 use crate::logging;
 use crate::reload::{self, LiveConfig, Snapshot};
 use crate::shutdown::Shutdown;
-use crate::spool::{self, Spool, SpoolMsg};
 use crate::time::now_ms;
 
 /// sled's page cache. The journal is written sequentially and read mostly
