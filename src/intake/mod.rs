@@ -41,12 +41,13 @@ pub use moves::{finish_file, inflight_dir, LastRejection, RejectionSummary, Reje
 pub use parse::{Cdr, Rejection};
 pub use read::SETTLE;
 pub use take_in::Spool;
-pub use watch::watch;
+pub use watch::{watch, SpoolWatch};
 
 /// Messages to the spool thread.
 pub enum SpoolMsg {
-    /// A file name in the spool that may be ready.
-    Hint(String),
+    /// File names in the spool that may be ready (one read of the
+    /// watcher's events).
+    Hints(Vec<String>),
     /// Scan the whole directory now (watcher overflow or error).
     Rescan,
     Stop,

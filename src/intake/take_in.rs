@@ -65,6 +65,9 @@ pub struct Spool {
     /// Rejected files that could not be moved out of the spool, as they
     /// were then: not looked at again (nor logged again) until they change.
     given_up: HashMap<String, Stamp>,
+    /// The INFO summary of files moved on this thread (when there is no
+    /// mover thread).
+    taken: TakenLog,
     /// Files that failed to read for a reason other than permissions
     /// (tried again every `SETTLE`, logged only the first time).
     read_errors: HashSet<String>,
@@ -125,6 +128,7 @@ impl Spool {
             rejections: Arc::new(Rejections::default()),
             given_up: HashMap::new(),
             read_errors: HashSet::new(),
+            taken: TakenLog::default(),
         }
     }
 
@@ -143,6 +147,10 @@ impl Spool {
         // the next batch is read and journaled while this one moves. The
         // bound keeps at most a few batches in memory.
         let (tx, rx) = mpsc::sync_channel::<Journaled>(2);
+        if std::env::var_os("CDRHOOK_INTAKE_MOVER").is_some_and(|v| v == "0") {
+            self.run_loop();
+            return;
+        }
         let (journal, dispatcher, live, in_transit) = (
             self.journal.clone(),
             self.dispatcher.clone(),
@@ -216,6 +224,7 @@ impl Spool {
             if self.journal_retry_at.is_some_and(|at| at <= now) {
                 self.journal_retry_at = None;
             }
+            self.taken.flush(now);
         }
     }
 
@@ -247,9 +256,11 @@ impl Spool {
 
     fn handle(&mut self, msg: SpoolMsg) {
         match msg {
-            SpoolMsg::Hint(name) => {
-                if !self.deferred.contains_key(&name) {
-                    self.push(name)
+            SpoolMsg::Hints(names) => {
+                for name in names {
+                    if !self.deferred.contains_key(&name) {
+                        self.push(name)
+                    }
                 }
             }
             SpoolMsg::Rescan => self.rescan(),
@@ -265,6 +276,9 @@ impl Spool {
         }
         if let Some(j) = self.journal_retry_at {
             at = at.min(j);
+        }
+        if let Some(t) = self.taken.due() {
+            at = at.min(t);
         }
         at.saturating_duration_since(now)
     }
@@ -439,6 +453,7 @@ impl Spool {
                         &self.dispatcher,
                         &self.live.get().spool,
                         &self.in_transit,
+                        &mut self.taken,
                     );
                 }
             }
@@ -448,6 +463,7 @@ impl Spool {
                 &self.dispatcher,
                 &cfg.spool,
                 &self.in_transit,
+                &mut self.taken,
             ),
         }
     }
@@ -482,9 +498,32 @@ fn move_batches(
     live: &LiveConfig,
     in_transit: &Mutex<HashSet<String>>,
 ) {
-    for batch in rx {
-        move_batch(batch, journal, dispatcher, &live.get().spool, in_transit);
+    let mut taken = TakenLog::default();
+    loop {
+        let batch = match taken.due() {
+            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(batch) => batch,
+                Err(RecvTimeoutError::Timeout) => {
+                    taken.flush(Instant::now());
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            },
+            None => match rx.recv() {
+                Ok(batch) => batch,
+                Err(_) => break,
+            },
+        };
+        move_batch(
+            batch,
+            journal,
+            dispatcher,
+            &live.get().spool,
+            in_transit,
+            &mut taken,
+        );
     }
+    taken.flush_now();
 }
 
 fn move_batch(
@@ -493,22 +532,16 @@ fn move_batch(
     dispatcher: &Dispatcher,
     spool: &SpoolConfig,
     in_transit: &Mutex<HashSet<String>>,
+    taken: &mut TakenLog,
 ) {
     let inflight = inflight_dir(spool);
+    let now = Instant::now();
     for (name, file) in &batch.files {
-        if !into_inflight(spool, &inflight, name, file) {
-            continue;
+        if into_inflight(spool, &inflight, name, file) {
+            taken.note(name, file, now);
         }
-        log::info!(
-            "took in {name}: {} CDR(s) {}",
-            file.cdrs.len(),
-            file.cdrs
-                .iter()
-                .map(|c| format!("{} {}", c.event_type, c.call_id.as_deref().unwrap_or("-")))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
     }
+    taken.flush(now);
     {
         let mut moving = lock(in_transit);
         for (name, _) in &batch.files {
@@ -541,6 +574,106 @@ pub(super) fn dispatch(dispatcher: &Dispatcher, spool: &SpoolConfig, outcome: In
     }
 }
 
+/// The INFO log of what was taken in: at most one line a second however
+/// many files arrive (a 100,000-file backlog is a few dozen lines, where
+/// one line per file hit journald's default rate limit under systemd).
+/// Each file is logged at debug; a lone file still gets its INFO line at
+/// once, with its name and CDRs.
+#[derive(Debug, Default)]
+struct TakenLog {
+    files: u64,
+    cdrs: u64,
+    /// The first file counted, described, for a summary of one file.
+    first: Option<String>,
+    /// When the counting began.
+    since: Option<Instant>,
+    /// When the last summary was logged.
+    last: Option<Instant>,
+}
+
+/// At most one INFO summary per this long.
+const TAKEN_LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl TakenLog {
+    fn note(&mut self, name: &str, file: &IngestFile, now: Instant) {
+        self.files += 1;
+        self.cdrs += file.cdrs.len() as u64;
+        if self.files == 1 {
+            // Once per summary, not per file: cheap.
+            self.first = Some(describe(name, file));
+            self.since = Some(now);
+            log::debug!("took in {name}");
+        } else if log::log_enabled!(log::Level::Debug) {
+            log::debug!("took in {}", describe(name, file));
+        }
+    }
+
+    /// When the waiting summary is due (None when none is waiting).
+    fn due(&self) -> Option<Instant> {
+        if self.files == 0 {
+            return None;
+        }
+        let first = self.since.unwrap_or_else(Instant::now);
+        Some(
+            self.last
+                .map_or(first, |l| (l + TAKEN_LOG_EVERY).max(first)),
+        )
+    }
+
+    /// Logs the summary if one is waiting and due.
+    fn flush(&mut self, now: Instant) {
+        if let Some(line) = self.summary(now) {
+            log::info!("{line}");
+        }
+    }
+
+    /// Logs the summary of what is waiting, due or not (at the end).
+    fn flush_now(&mut self) {
+        if let Some(line) = self.take(Instant::now()) {
+            log::info!("{line}");
+        }
+    }
+
+    /// The summary line if one is waiting and due; the counting starts again.
+    fn summary(&mut self, now: Instant) -> Option<String> {
+        if !self.due().is_some_and(|at| at <= now) {
+            return None;
+        }
+        self.last = Some(now);
+        self.take(now)
+    }
+
+    fn take(&mut self, now: Instant) -> Option<String> {
+        let line = match (self.files, self.first.take()) {
+            (0, _) => None,
+            (1, Some(one)) => Some(format!("took in {one}")),
+            (files, _) => Some(format!(
+                "took in {files} files, {} CDRs, in {:.1} s",
+                self.cdrs,
+                self.since
+                    .map_or(0.0, |s| now.saturating_duration_since(s).as_secs_f64())
+            )),
+        };
+        self.files = 0;
+        self.cdrs = 0;
+        self.since = None;
+        line
+    }
+}
+
+/// `x.json: 1 CDR(s) QueueCallEnded call-1`, for the log.
+fn describe(name: &str, file: &IngestFile) -> String {
+    format!(
+        "{name}: {} CDR(s) {}",
+        file.cdrs.len(),
+        file.cdrs
+            .iter()
+            .map(|c| format!("{} {}", c.event_type, c.call_id.as_deref().unwrap_or("-")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// An ingested file without its CDRs' bodies (once they are journaled).
 fn without_bodies(mut file: IngestFile) -> IngestFile {
     for cdr in &mut file.cdrs {
@@ -552,6 +685,52 @@ fn without_bodies(mut file: IngestFile) -> IngestFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ingest_file(call: &str) -> IngestFile {
+        let body = format!(r#"{{"QueueId":1,"CallId":"{call}"}}"#);
+        IngestFile {
+            inflight_name: "n".into(),
+            cdrs: crate::cdr::parse_file(body.as_bytes()).expect("cdr"),
+            identity: None,
+        }
+    }
+
+    /// A backlog logs one INFO line a second, not one per file; a lone file
+    /// still gets its own line at once, naming it.
+    #[test]
+    fn taken_files_are_summarised_at_most_once_a_second() {
+        let mut log = TakenLog::default();
+        let t0 = Instant::now();
+        log.note("a.json", &ingest_file("c1"), t0);
+        assert_eq!(
+            log.summary(t0).as_deref(),
+            Some("took in a.json: 1 CDR(s) App.QueueWebhook c1"),
+            "a lone file, at once"
+        );
+        let mut lines = Vec::new();
+        for i in 1..=10_000u64 {
+            // 10,000 files over 2.5 s.
+            let now = t0 + Duration::from_micros(250 * i);
+            log.note("b.json", &ingest_file("c"), now);
+            lines.extend(log.summary(now));
+        }
+        assert_eq!(
+            lines,
+            [
+                "took in 4000 files, 4000 CDRs, in 1.0 s",
+                "took in 4000 files, 4000 CDRs, in 1.0 s"
+            ]
+        );
+        let due = log.due().expect("the rest waits");
+        assert_eq!(due, t0 + 3 * TAKEN_LOG_EVERY);
+        assert!(
+            log.summary(due - Duration::from_millis(1)).is_none(),
+            "not before"
+        );
+        let rest = log.summary(due).expect("the rest, once due");
+        assert!(rest.starts_with("took in 2000 files"), "{rest}");
+        assert!(log.due().is_none(), "nothing waits");
+    }
 
     #[test]
     fn a_stamp_changes_with_mode_content_or_a_new_file() {
