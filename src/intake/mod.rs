@@ -79,6 +79,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// For benches/stages.rs: one spool file through what intake does to it,
+/// less the journal: read and judge it, move it into `.inflight/`, and
+/// finish it as its last delivery would. Returns whether it went all the
+/// way.
+#[doc(hidden)]
+pub fn stage_file_once(spool: &SpoolConfig, name: &str, buffer: &mut Vec<u8>) -> bool {
+    match read::read_candidate(spool, name, buffer) {
+        read::Taken::Parsed(file) => {
+            let moved = moves::into_inflight(spool, &inflight_dir(spool), name, &file);
+            if moved {
+                finish_file(spool, &file.inflight_name);
+            }
+            moved
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -127,9 +127,7 @@ pub(super) fn inflight_name(original: &str, bytes: &[u8], cdrs: &[super::parse::
             name.push_str(&only.id[4..20]);
         }
         _ => {
-            for b in &Sha256::digest(bytes)[..8] {
-                name.push_str(&format!("{b:02x}"));
-            }
+            super::parse::push_hex(&mut name, &Sha256::digest(bytes)[..8]);
         }
     }
     name.push('-');

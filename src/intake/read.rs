@@ -28,12 +28,29 @@ pub(super) enum Taken {
     Gone,
 }
 
+/// A read buffer grown past this by a large file is given back after it,
+/// so that one recording CDR does not keep megabytes for the daemon's life.
+const KEEP_BUFFER: usize = 1 << 20;
+
 /// Opens without following a link and reads at most `max` bytes; a file
 /// that is larger, or not a regular file, is a rejection, not a read.
 pub(super) fn read_limited(
     path: &Path,
     max: u64,
 ) -> io::Result<(fs::Metadata, Result<Vec<u8>, Rejection>)> {
+    let mut bytes = Vec::new();
+    let (meta, read) = read_limited_into(path, max, &mut bytes)?;
+    Ok((meta, read.map(|()| bytes)))
+}
+
+/// `read_limited` into `bytes` (cleared first), so that the intake thread
+/// reads every file into one buffer instead of allocating one per file.
+pub(super) fn read_limited_into(
+    path: &Path,
+    max: u64,
+    bytes: &mut Vec<u8>,
+) -> io::Result<(fs::Metadata, Result<(), Rejection>)> {
+    bytes.clear();
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -47,13 +64,13 @@ pub(super) fn read_limited(
         let size = meta.len();
         return Ok((meta, Err(Rejection::TooLarge { size, max })));
     }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(max.saturating_add(1)).read_to_end(&mut bytes)?;
+    bytes.reserve(meta.len() as usize);
+    file.take(max.saturating_add(1)).read_to_end(bytes)?;
     if bytes.len() as u64 > max {
         let size = bytes.len() as u64;
         return Ok((meta, Err(Rejection::TooLarge { size, max })));
     }
-    Ok((meta, Ok(bytes)))
+    Ok((meta, Ok(())))
 }
 
 fn kind_of(meta: &fs::Metadata) -> String {
@@ -75,11 +92,20 @@ fn kind_of(meta: &fs::Metadata) -> String {
     .to_string()
 }
 
-pub(super) fn read_candidate(spool: &SpoolConfig, name: &str) -> Taken {
+/// Reads and judges the spool file `name`, using `buffer` for its bytes.
+pub(super) fn read_candidate(spool: &SpoolConfig, name: &str, buffer: &mut Vec<u8>) -> Taken {
+    let taken = judge(spool, name, buffer);
+    if buffer.capacity() > KEEP_BUFFER {
+        *buffer = Vec::new();
+    }
+    taken
+}
+
+fn judge(spool: &SpoolConfig, name: &str, bytes: &mut Vec<u8>) -> Taken {
     let path = spool.dir.join(name);
     // O_NOFOLLOW: a symbolic link is refused by open itself, never read
     // through; fstat on the open file then judges what it is.
-    let (meta, read) = match read_limited(&path, spool.max_file_size) {
+    let (meta, read) = match read_limited_into(&path, spool.max_file_size, bytes) {
         Ok(ok) => ok,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Taken::Gone,
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
@@ -88,9 +114,9 @@ pub(super) fn read_candidate(spool: &SpoolConfig, name: &str) -> Taken {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return unreadable(&path, e),
         Err(e) => return Taken::Failed(e),
     };
-    let result = read.and_then(|bytes| {
-        parse_file(&bytes).map(|cdrs| IngestFile {
-            inflight_name: inflight_name(name, &bytes, &cdrs),
+    let result = read.and_then(|()| {
+        parse_file(bytes).map(|cdrs| IngestFile {
+            inflight_name: inflight_name(name, bytes, &cdrs),
             cdrs,
             identity: Some((meta.dev(), meta.ino())),
         })

@@ -65,6 +65,8 @@ pub struct Spool {
     /// Rejected files that could not be moved out of the spool, as they
     /// were then: not looked at again (nor logged again) until they change.
     given_up: HashMap<String, Stamp>,
+    /// Every spool file is read into this one buffer.
+    read_buffer: Vec<u8>,
     /// The INFO summary of files moved on this thread (when there is no
     /// mover thread).
     taken: TakenLog,
@@ -129,6 +131,7 @@ impl Spool {
             given_up: HashMap::new(),
             read_errors: HashSet::new(),
             taken: TakenLog::default(),
+            read_buffer: Vec::new(),
         }
     }
 
@@ -368,7 +371,7 @@ impl Spool {
             if lock(&self.in_transit).contains(&name) || self.still_given_up(&cfg.spool, &name) {
                 continue;
             }
-            let taken = read_candidate(&cfg.spool, &name);
+            let taken = read_candidate(&cfg.spool, &name, &mut self.read_buffer);
             if !matches!(taken, Taken::Failed(_) | Taken::Later(_)) {
                 self.read_errors.remove(&name);
             }
