@@ -64,8 +64,10 @@ impl Spool {
                     continue;
                 }
             };
+            // JOURNAL: call site (see the module doc of `intake`).
             match self.journal.knows_all(&cdrs) {
                 Ok(true) => {
+                    // JOURNAL: call site (see the module doc of `intake`).
                     if self.journal.cdrs_finished_by_ids(&cdrs).unwrap_or(false) {
                         self.finish(&name);
                     }
@@ -104,6 +106,7 @@ impl Spool {
         if files.is_empty() {
             return Ok(());
         }
+        // JOURNAL: call site (see the module doc of `intake`).
         let outcome = self
             .journal
             .ingest(&files, subs)

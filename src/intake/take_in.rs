@@ -8,12 +8,12 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::moves::{finish_file, inflight_dir, into_inflight, reject, Rejections};
 use super::read::{read_candidate, Taken, SETTLE};
-use super::{is_candidate, lock, SpoolMsg, INFLIGHT};
+use super::{is_candidate, SpoolMsg, INFLIGHT};
 use crate::config::{Config, SpoolConfig};
 use crate::delivery::Dispatcher;
 use crate::journal::{IngestFile, IngestOutcome, Journal};
@@ -56,10 +56,6 @@ pub struct Spool {
     /// Set while the journal cannot be written: no intake until then.
     journal_retry_at: Option<Instant>,
     journal_backoff: Duration,
-    /// Journaled batches on their way into `.inflight/` (see `move_batches`).
-    mover: Option<(mpsc::SyncSender<Journaled>, std::thread::JoinHandle<()>)>,
-    /// Names of files journaled but not yet moved: not to be read again.
-    in_transit: Arc<Mutex<HashSet<String>>>,
     /// Counted for `status`.
     pub(super) rejections: Arc<Rejections>,
     /// Rejected files that could not be moved out of the spool, as they
@@ -67,8 +63,7 @@ pub struct Spool {
     given_up: HashMap<String, Stamp>,
     /// Every spool file is read into this one buffer.
     read_buffer: Vec<u8>,
-    /// The INFO summary of files moved on this thread (when there is no
-    /// mover thread).
+    /// The INFO summary of the files taken in.
     taken: TakenLog,
     /// Files that failed to read for a reason other than permissions
     /// (tried again every `SETTLE`, logged only the first time).
@@ -99,13 +94,6 @@ impl Stamp {
     }
 }
 
-/// A batch that is journaled and flushed: its files can move into
-/// `.inflight/` and its deliveries can start.
-struct Journaled {
-    files: Vec<(String, IngestFile)>,
-    outcome: IngestOutcome,
-}
-
 impl Spool {
     pub fn new(
         live: Arc<LiveConfig>,
@@ -125,8 +113,6 @@ impl Spool {
             more_in_spool: false,
             journal_retry_at: None,
             journal_backoff: Duration::from_millis(500),
-            mover: None,
-            in_transit: Arc::new(Mutex::new(HashSet::new())),
             rejections: Arc::new(Rejections::default()),
             given_up: HashMap::new(),
             read_errors: HashSet::new(),
@@ -145,35 +131,17 @@ impl Spool {
     }
 
     /// Runs until `SpoolMsg::Stop`.
+    ///
+    /// Everything happens on this one thread: read and parse a batch,
+    /// journal it with one flush, move its files into `.inflight/`, hand its
+    /// deliveries to the dispatcher. A second thread that moved the files
+    /// while the next batch was read cost more than it gave: measured on a
+    /// 100,000-file drain it took more CPU per CDR and drained slower
+    /// (BENCHMARKS.md, "the mover thread"), the hand-off and the set of
+    /// names in transit outweighing the overlap on two cores.
     pub fn run(mut self) {
-        // Moving files and starting deliveries runs beside intake, so that
-        // the next batch is read and journaled while this one moves. The
-        // bound keeps at most a few batches in memory.
-        let (tx, rx) = mpsc::sync_channel::<Journaled>(2);
-        if std::env::var_os("CDRHOOK_INTAKE_MOVER").is_some_and(|v| v == "0") {
-            self.run_loop();
-            return;
-        }
-        let (journal, dispatcher, live, in_transit) = (
-            self.journal.clone(),
-            self.dispatcher.clone(),
-            self.live.clone(),
-            self.in_transit.clone(),
-        );
-        match std::thread::Builder::new()
-            .name("spool-move".into())
-            .spawn(move || move_batches(rx, &journal, &dispatcher, &live, &in_transit))
-        {
-            Ok(handle) => self.mover = Some((tx, handle)),
-            Err(e) => {
-                log::error!("spool: no mover thread ({e}); moving files on the intake thread")
-            }
-        }
         self.run_loop();
-        if let Some((tx, handle)) = self.mover.take() {
-            drop(tx);
-            let _ = handle.join();
-        }
+        self.taken.flush_now();
     }
 
     fn run_loop(&mut self) {
@@ -237,9 +205,11 @@ impl Spool {
     /// the error are lost, and attempts that could not be journaled meanwhile
     /// were dropped by their workers).
     fn heal_journal(&mut self) {
+        // JOURNAL: call site (see the module doc of `intake`).
         if !self.journal.is_broken() || self.journal_retry_at.is_some() {
             return;
         }
+        // JOURNAL: call site (see the module doc of `intake`).
         match self.journal.heal() {
             Ok(None) => {}
             Ok(Some(open)) => {
@@ -368,7 +338,7 @@ impl Spool {
                 break;
             };
             self.queued.remove(&name);
-            if lock(&self.in_transit).contains(&name) || self.still_given_up(&cfg.spool, &name) {
+            if self.still_given_up(&cfg.spool, &name) {
                 continue;
             }
             let taken = read_candidate(&cfg.spool, &name, &mut self.read_buffer);
@@ -412,6 +382,7 @@ impl Spool {
             return;
         }
         let subs: Vec<&crate::config::Subscription> = cfg.subscriptions.iter().collect();
+        // JOURNAL: call site (see the module doc of `intake`).
         let outcome = match self.journal.ingest(&parsed, &subs) {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -437,38 +408,16 @@ impl Spool {
                 outcome.unmatched_cdrs
             );
         }
-        // The bodies are in the journal now; the mover only needs names,
-        // ids and call ids, so no queue past this point holds file contents.
-        let batch = Journaled {
-            files: names
-                .into_iter()
-                .zip(parsed.into_iter().map(without_bodies))
-                .collect(),
+        // JOURNAL: flushed; only now may the files leave the spool.
+        move_batch(
+            &names,
+            &parsed,
             outcome,
-        };
-        match &self.mover {
-            Some((tx, _)) => {
-                lock(&self.in_transit).extend(batch.files.iter().map(|(n, _)| n.clone()));
-                if let Err(mpsc::SendError(batch)) = tx.send(batch) {
-                    move_batch(
-                        batch,
-                        &self.journal,
-                        &self.dispatcher,
-                        &self.live.get().spool,
-                        &self.in_transit,
-                        &mut self.taken,
-                    );
-                }
-            }
-            None => move_batch(
-                batch,
-                &self.journal,
-                &self.dispatcher,
-                &cfg.spool,
-                &self.in_transit,
-                &mut self.taken,
-            ),
-        }
+            &self.journal,
+            &self.dispatcher,
+            &cfg.spool,
+            &mut self.taken,
+        );
     }
 
     /// Whether `name` is a rejected file that could not be moved away and
@@ -492,75 +441,36 @@ impl Spool {
     }
 }
 
-/// The mover thread: each journaled batch's files go into `.inflight/`,
-/// then its deliveries start.
-fn move_batches(
-    rx: mpsc::Receiver<Journaled>,
-    journal: &Journal,
-    dispatcher: &Dispatcher,
-    live: &LiveConfig,
-    in_transit: &Mutex<HashSet<String>>,
-) {
-    let mut taken = TakenLog::default();
-    loop {
-        let batch = match taken.due() {
-            Some(at) => match rx.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                Ok(batch) => batch,
-                Err(RecvTimeoutError::Timeout) => {
-                    taken.flush(Instant::now());
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            },
-            None => match rx.recv() {
-                Ok(batch) => batch,
-                Err(_) => break,
-            },
-        };
-        move_batch(
-            batch,
-            journal,
-            dispatcher,
-            &live.get().spool,
-            in_transit,
-            &mut taken,
-        );
-    }
-    taken.flush_now();
-}
-
+/// Moves a journaled batch's files into `.inflight/`, then starts its
+/// deliveries.
 fn move_batch(
-    batch: Journaled,
+    names: &[String],
+    files: &[IngestFile],
+    outcome: IngestOutcome,
     journal: &Journal,
     dispatcher: &Dispatcher,
     spool: &SpoolConfig,
-    in_transit: &Mutex<HashSet<String>>,
     taken: &mut TakenLog,
 ) {
     let inflight = inflight_dir(spool);
     let now = Instant::now();
-    for (name, file) in &batch.files {
+    for (name, file) in names.iter().zip(files) {
         if into_inflight(spool, &inflight, name, file) {
             taken.note(name, file, now);
         }
     }
     taken.flush(now);
-    {
-        let mut moving = lock(in_transit);
-        for (name, _) in &batch.files {
-            moving.remove(name);
-        }
-    }
     // A file of known CDRs whose last delivery ended while it was on its
     // way here would otherwise wait in `.inflight/` until the next start.
-    for (_, file) in &batch.files {
-        if batch.outcome.recheck_files.contains(&file.inflight_name)
+    // JOURNAL: call site (see the module doc of `intake`).
+    for file in files {
+        if outcome.recheck_files.contains(&file.inflight_name)
             && journal.cdrs_finished_by_ids(&file.cdrs).unwrap_or(false)
         {
             finish_file(spool, &file.inflight_name);
         }
     }
-    dispatch(dispatcher, spool, batch.outcome);
+    dispatch(dispatcher, spool, outcome);
 }
 
 /// Hands new deliveries to their workers and lets finished files go.
@@ -677,14 +587,6 @@ fn describe(name: &str, file: &IngestFile) -> String {
     )
 }
 
-/// An ingested file without its CDRs' bodies (once they are journaled).
-fn without_bodies(mut file: IngestFile) -> IngestFile {
-    for cdr in &mut file.cdrs {
-        cdr.body = Vec::new();
-    }
-    file
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -772,19 +674,5 @@ mod tests {
                 "{files} files, {bytes} bytes"
             );
         }
-    }
-
-    #[test]
-    fn without_bodies_keeps_what_the_mover_needs() {
-        let cdrs = crate::cdr::parse_file(br#"{"QueueId":1,"CallId":"c"}"#).expect("cdr");
-        let file = without_bodies(IngestFile {
-            inflight_name: "n".into(),
-            cdrs: cdrs.clone(),
-            identity: Some((1, 2)),
-        });
-        assert!(file.cdrs[0].body.is_empty());
-        assert_eq!(file.cdrs[0].id, cdrs[0].id);
-        assert_eq!(file.cdrs[0].call_id.as_deref(), Some("c"));
-        assert_eq!(file.identity, Some((1, 2)));
     }
 }
