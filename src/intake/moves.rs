@@ -67,7 +67,18 @@ pub(super) fn into_inflight(
         return false;
     }
     let to = inflight.join(&file.inflight_name);
-    if let Err(e) = fs::rename(&from, &to) {
+    let mut moved = fs::rename(&from, &to);
+    if moved
+        .as_ref()
+        .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+        && !inflight.is_dir()
+    {
+        // The spool was removed and made again (by an operator, or a
+        // package's clean-up) and `.inflight/` with it: make it again.
+        log::warn!("spool: {INFLIGHT} was missing; making it again");
+        moved = fs::create_dir_all(inflight).and_then(|_| fs::rename(&from, &to));
+    }
+    if let Err(e) = moved {
         // Journaled already, so nothing is lost: the next scan finds
         // the file again, and the journal recognises its CDRs.
         log::error!("spool: {name}: cannot move into {INFLIGHT}: {e}");

@@ -549,7 +549,7 @@ impl TakenLog {
 
     /// The summary line if one is waiting and due; the counting starts again.
     fn summary(&mut self, now: Instant) -> Option<String> {
-        if !self.due().is_some_and(|at| at <= now) {
+        if self.due().is_none_or(|at| at > now) {
             return None;
         }
         self.last = Some(now);

@@ -254,7 +254,9 @@ mod tests {
     fn only_finished_candidates_become_hints_and_overflow_or_loss_rescans() {
         let m = |bits: &[EventMask]| bits.iter().fold(EventMask::empty(), |a, b| a | *b);
         use EventMask as E;
-        let cases: &[(&[EventMask], Option<&str>, &[&str], bool, bool)] = &[
+        // (event bits, name, hints, rescan, lost)
+        type Case<'a> = (&'a [EventMask], Option<&'a str>, &'a [&'a str], bool, bool);
+        let cases: &[Case] = &[
             (&[E::CLOSE_WRITE], Some("a.json"), &["a.json"], false, false),
             (&[E::MOVED_TO], Some("b.json"), &["b.json"], false, false),
             (&[E::MOVED_TO], Some(".b.json"), &[], false, false),
