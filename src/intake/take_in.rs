@@ -137,7 +137,7 @@ impl Spool {
     /// deliveries to the dispatcher. A second thread that moved the files
     /// while the next batch was read cost more than it gave: measured on a
     /// 100,000-file drain it took more CPU per CDR and drained slower
-    /// (BENCHMARKS.md, "the mover thread"), the hand-off and the set of
+    /// (BENCHMARKS.md, "Intake hot path"), the hand-off and the set of
     /// names in transit outweighing the overlap on two cores.
     pub fn run(mut self) {
         self.run_loop();

@@ -151,6 +151,7 @@ impl Watcher {
                 Ready::Events => {}
             }
             let mut reaction = Reaction::default();
+            let mut failed = false;
             match self.inotify.read_events(&mut buffer) {
                 Ok(events) => {
                     for event in events {
@@ -163,13 +164,14 @@ impl Watcher {
                 Err(e) => {
                     log::warn!("spool watcher: {e}; rescanning");
                     reaction.rescan = true;
+                    failed = true;
                     // Do not spin on an error that stays.
                     if matches!(self.wait(Some(Duration::from_secs(1))), Ready::Stop) {
                         return;
                     }
                 }
             }
-            if reaction.rescan && !reaction.lost {
+            if reaction.rescan && !reaction.lost && !failed {
                 log::info!("spool watcher overflowed; rescanning the spool");
             }
             if !reaction.hints.is_empty() && self.tx.send(SpoolMsg::Hints(reaction.hints)).is_err()
