@@ -11,7 +11,7 @@ use crate::config::{Config, SpoolConfig};
 use crate::delivery::Dispatcher;
 use crate::journal::Journal;
 use crate::logging;
-use crate::spool::{self, RejectionSummary, Rejections, SpoolMsg};
+use crate::intake::{self as spool, RejectionSummary, Rejections, SpoolMsg};
 
 /// What commands (and the daemon's signals and config watcher) act on.
 pub struct Handles {

@@ -31,10 +31,10 @@ use crate::config::live::{self, LiveConfig};
 use crate::config::Config;
 use crate::control::{self, Handles, SpoolHandle};
 use crate::delivery::{http, Context, Dispatcher};
+use crate::intake::{self as spool, Spool, SpoolMsg};
 use crate::journal::Journal;
 use crate::logging;
 use crate::shutdown::Shutdown;
-use crate::spool::{self, Spool, SpoolMsg};
 use crate::time::now_ms;
 
 /// sled's page cache. The journal is written sequentially and read mostly
@@ -128,6 +128,7 @@ struct Parts {
     config_changes: mpsc::UnboundedReceiver<()>,
     // Dropping a watcher stops it: keep them for the daemon's lifetime.
     _watchers: Vec<notify::RecommendedWatcher>,
+    _spool_watch: Option<spool::SpoolWatch>,
 }
 
 async fn start(
@@ -164,19 +165,22 @@ async fn start(
     // inotify does not work (some network mounts), and for the tests that
     // prove the rescan catches what the watcher misses.
     let watch = if std::env::var_os("CDRHOOK_NO_SPOOL_WATCH").is_some_and(|v| v == "1") {
-        Err(notify::Error::generic(
+        Err(std::io::Error::other(
             "disabled by CDRHOOK_NO_SPOOL_WATCH=1",
         ))
     } else {
         spool::watch(&cfg.spool.dir, spool_tx.clone())
     };
-    match watch {
-        Ok(w) => watchers.push(w),
-        Err(e) => log::warn!(
-            "spool: file watcher unavailable ({e}); files are found by the rescan every {}",
-            humantime::format_duration(cfg.spool.rescan_interval)
-        ),
-    }
+    let spool_watch = match watch {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::warn!(
+                "spool: file watcher unavailable ({e}); files are found by the rescan every {}",
+                humantime::format_duration(cfg.spool.rescan_interval)
+            );
+            None
+        }
+    };
     let spool = Spool::new(live.clone(), journal.clone(), dispatcher.clone(), spool_rx);
     let rejections = spool.rejections();
     let spool_thread = std::thread::Builder::new()
@@ -229,6 +233,7 @@ async fn start(
             control,
             config_changes,
             _watchers: watchers,
+            _spool_watch: spool_watch,
         },
     ))
 }

@@ -396,13 +396,14 @@ fn inotify_overflow_triggers_a_rescan() {
     wait_for(DEADLINE, "every thread of the daemon to be stopped", || {
         all_threads_stopped(daemon.pid())
     });
-    // Noise first: modifications of two hidden files, alternating (the
-    // kernel merges identical consecutive events), fill the queue...
-    let mut a = fs::File::create(dir.spool().join(".noise-a")).expect("noise file");
-    let mut b = fs::File::create(dir.spool().join(".noise-b")).expect("noise file");
+    // Noise first: two hidden files written and closed, alternating (the
+    // kernel merges identical consecutive events; the spool watch asks for
+    // close-write and moved-to only, so a write without a close raises
+    // nothing), fill the queue...
+    let (a, b) = (dir.spool().join(".noise-a"), dir.spool().join(".noise-b"));
     for _ in 0..max_queued / 2 + 100 {
-        a.write_all(b"x").expect("write noise");
-        b.write_all(b"x").expect("write noise");
+        fs::write(&a, b"x").expect("write noise");
+        fs::write(&b, b"x").expect("write noise");
     }
     // ...so that every event of the CDR files is lost.
     for i in 0..FILES {

@@ -14,6 +14,7 @@ mod delivery;
 mod faults;
 mod fuzz_regressions;
 mod harness_selftest;
+mod intake;
 mod operator_load;
 mod reload;
 mod secrets;

@@ -155,10 +155,18 @@ pub fn cdr_id(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
     let mut id = String::with_capacity(4 + 32);
     id.push_str("cdr_");
-    for b in &digest[..16] {
-        id.push_str(&format!("{b:02x}"));
-    }
+    push_hex(&mut id, &digest[..16]);
     id
+}
+
+/// Appends `bytes` in lower-case hex, without a temporary per byte (this
+/// runs for every CDR).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
 }
 
 /// Parses one spool file. `bytes` is the whole file.
