@@ -75,9 +75,7 @@ pub fn backlog(spool: &SpoolConfig) -> (usize, usize) {
     )
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::locks::lock;
 
 /// For benches/stages.rs: one spool file through what intake does to it,
 /// less the journal: read and judge it, move it into `.inflight/`, and
