@@ -33,7 +33,6 @@ mod watch;
 
 use std::fs;
 use std::path::Path;
-use std::sync::Mutex;
 
 use crate::config::SpoolConfig;
 
