@@ -1,11 +1,11 @@
-//! The project's benchmark (SPEC §8, issue #5): runs the real `cdrhook`
+//! The project's benchmark (contract §8): runs the real `cdrhook`
 //! binary against a fast HTTP receiver on 127.0.0.1 and reports
 //!
 //! - backlog drain: N pre-dropped files to delivered, in CDR/s, with one and
 //!   with three subscriptions, and the peak resident memory while draining;
 //! - steady state: drop-to-POST latency p50/p99 at a fixed rate;
 //! - idle: resident memory and CPU time over an idle period;
-//! - large CDRs (issue 8): a backlog of 2,000 recording CDRs of 200 KB and
+//! - large CDRs: a backlog of 2,000 recording CDRs of 200 KB and
 //!   one of 200 of 2 MB, drained, with the peak resident memory.
 //!
 //! `cargo bench --bench daemon` runs everything with the defaults;
@@ -345,7 +345,7 @@ fn steady(child_setup: &(Child, Setup, Receiver), rate: usize, secs: u64) -> (f6
     (pct(0.50), pct(0.99), lat.len())
 }
 
-/// Large recording CDRs (issue 8): memory must stay bounded by bytes, not
+/// Large recording CDRs: memory must stay bounded by bytes, not
 /// only by the number of files. Prints Markdown rows.
 fn large() {
     let mut rows = Vec::new();

@@ -1,4 +1,4 @@
-//! Memory of the operator's commands on a large journal (issue 8, item 3):
+//! Memory of the operator's commands on a large journal:
 //! the peak resident size of the real `cdrhook` daemon while it answers
 //! `attempts --limit 0`, `replay` (to a new subscription, then to the one
 //! that had every CDR), `resend --failed` and ten SIGUSR1 in a row, on a

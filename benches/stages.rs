@@ -1,4 +1,4 @@
-//! Stage microbenchmark (issue 10 item 3): what each stage of the hot path
+//! Stage microbenchmark: what each stage of the hot path
 //! costs per CDR in cdrhook's own code, next to a floor (the least the same
 //! work can cost with the same crates or system calls), so that a stage's
 //! overhead and its regressions are visible one at a time. The journal

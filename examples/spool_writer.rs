@@ -1,5 +1,5 @@
 //! Plays the phone system: drops CDR files into cdrhook's spool the way the
-//! spool protocol (SPEC section 3) asks a writer to.
+//! spool protocol (contract §3) asks a writer to.
 //!
 //! ```text
 //! cargo run --example spool_writer -- --spool examples/quickstart/spool \

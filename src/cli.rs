@@ -1,4 +1,4 @@
-//! The command line (SPEC §5): `cdrhook run` starts the daemon; every other
+//! The command line (contract §5): `cdrhook run` starts the daemon; every other
 //! subcommand but `check-config` asks the running daemon over the control
 //! socket and prints a table, or one JSON document with `--json`. Each
 //! subcommand becomes one typed command of `control::cmd`, and its answer

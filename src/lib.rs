@@ -27,7 +27,7 @@ use std::path::Path;
 /// glibc gives each thread that allocates concurrently its own arena, up to
 /// eight per core, and each keeps its freed memory: with the delivery
 /// threads that multiplies the resident size. One arena keeps a 100,000-file
-/// drain under 64 MiB (SPEC §8) for a few percent of throughput
+/// drain under 64 MiB (contract §8) for a few percent of throughput
 /// (BENCHMARKS.md).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

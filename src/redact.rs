@@ -1,6 +1,6 @@
 //! Secrets: the one rule for what is a credential and how it is shown.
 //!
-//! This module owns SPEC §4's masking rule. What is secret is decided once,
+//! This module owns contract §4's masking rule. What is secret is decided once,
 //! when the config is loaded ([`crate::config`] builds a [`Sensitive`] for
 //! every endpoint and header value, and a [`Redactor`] per subscription);
 //! every place that displays or journals something goes through these types

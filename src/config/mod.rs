@@ -19,7 +19,7 @@
 //! - `live`: the live snapshot and the one reload path (with the file
 //!   watcher).
 //!
-//! This module owns SPEC section 2. A file is either accepted as a whole or
+//! This module owns contract §2. A file is either accepted as a whole or
 //! refused as a whole with a [`ConfigError`] that names the file, the line and
 //! the column (1-based) of the offending node, so the daemon can keep the last
 //! good config in force and `cdrhook check-config` can point at the mistake.
@@ -49,7 +49,7 @@
 //! - A secret is `whsec_` (optional) followed by standard base64; the decoded
 //!   bytes are the HMAC key. Secrets never appear in `Debug` output or in
 //!   error messages.
-//! - Beyond the refusals SPEC section 2 lists, a few more mistakes are caught
+//! - Beyond the refusals contract §2 lists, a few more mistakes are caught
 //!   here rather than failing on every delivery later: credentials in an
 //!   endpoint URL (they would be logged), headers cdrhook sets itself
 //!   (`webhook-*`, `Content-Type`, ...), a header given twice, an empty

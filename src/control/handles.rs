@@ -9,9 +9,9 @@ use std::sync::Arc;
 use crate::config::live::{LiveConfig, ReloadRefused, Snapshot};
 use crate::config::{Config, SpoolConfig};
 use crate::delivery::Dispatcher;
+use crate::intake::{self as spool, RejectionSummary, Rejections, SpoolMsg};
 use crate::journal::Journal;
 use crate::logging;
-use crate::intake::{self as spool, RejectionSummary, Rejections, SpoolMsg};
 
 /// What commands (and the daemon's signals and config watcher) act on.
 pub struct Handles {

@@ -3,7 +3,7 @@
 //!
 //! - `socket`: binding (refusing a second daemon, replacing a stale file),
 //!   the connection loop, the 64 KiB request limit;
-//! - `protocol`: the typed line protocol (SPEC §7), shared with the CLI;
+//! - `protocol`: the typed line protocol (contract §7), shared with the CLI;
 //! - `client`: the command line's side;
 //! - `cmd/`: one file per command (request type, response type, `apply`,
 //!   `render`) and `lane.rs`, where their blocking work runs.

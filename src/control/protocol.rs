@@ -1,5 +1,5 @@
 //! The control protocol: one JSON request per line, one JSON response per
-//! line (SPEC §7). Shared by the daemon and the command line: a request is
+//! line (contract §7). Shared by the daemon and the command line: a request is
 //! one of the command types in `cmd/` (tagged by `cmd`), and a response is
 //! `{"ok":true,"result":…}` with that command's response type, or
 //! `{"ok":false,"error":"…"}`.
@@ -96,7 +96,7 @@ mod tests {
         );
     }
 
-    /// The bytes on the wire are those SPEC §7 gives (and every earlier
+    /// The bytes on the wire are those contract §7 gives (and every earlier
     /// version sent).
     #[test]
     fn requests_encode_as_the_spec_says() {

@@ -1,4 +1,4 @@
-//! Signals (SPEC §6), through one mechanism: signal-hook's iterator on a
+//! Signals (contract §6), through one mechanism: signal-hook's iterator on a
 //! thread of its own. SIGTERM and SIGINT complete the daemon's shutdown
 //! future (once); SIGHUP, SIGUSR1 and SIGUSR2 become [`Signal`]s the run
 //! loop hands to [`handle`], which only starts their work (off the runtime,
@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::control::cmd::{lane, resend, status};
 use crate::control::Handles;
 
-/// Operator requests that arrive as signals (SPEC §6).
+/// Operator requests that arrive as signals (contract §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
     Reload,

@@ -1,4 +1,4 @@
-//! One HTTP attempt: the request SPEC §4 fixes, sent with the daemon's one
+//! One HTTP attempt: the request contract §4 fixes, sent with the daemon's one
 //! ureq agent, and what comes back, trimmed to what the journal keeps.
 //!
 //! An [`Outcome`] leaves this module masked by the rule in

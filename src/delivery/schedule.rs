@@ -6,7 +6,7 @@
 //! queue (`queue.rs`) decides what runs when, and `http.rs` hands over the
 //! raw header.
 //!
-//! The rule (SPEC §4): the wait after the n-th failure is step n of
+//! The rule (contract §4): the wait after the n-th failure is step n of
 //! `retry_schedule`, jittered by ±20% so that a backlog does not come back
 //! all at once. A `Retry-After` on a 429 or 503 can only lengthen that wait,
 //! up to twice the step; it never shortens it. An endpoint that answers

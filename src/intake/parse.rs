@@ -192,7 +192,7 @@ pub fn parse_file(bytes: &[u8]) -> Result<Vec<Cdr>, Rejection> {
     } else {
         // One pass validates the whole document (trailing garbage is an
         // error) and finds the few properties we need; the body is the
-        // file's exact bytes (SPEC §4: the same bytes, less any BOM).
+        // file's exact bytes (contract §4: the same bytes, less any BOM).
         Ok(vec![classify(text, None)?])
     }
 }
@@ -257,7 +257,7 @@ struct Probe {
     inferred: Option<EventType>,
 }
 
-/// Distinguishing properties (SPEC §1), checked in this order. Agent records
+/// Distinguishing properties (contract §1), checked in this order. Agent records
 /// carry queue-ish names (`AgentName`) but never `QueueId`, so the order only
 /// matters for odd hybrids, where the first match wins.
 fn distinguishing(key: &str) -> Option<EventType> {

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 use super::moves::{finish_file, inflight_dir, into_inflight, reject, Rejections};
 use super::read::{read_candidate, Taken, SETTLE};
 use super::{is_candidate, SpoolMsg, INFLIGHT};
+use crate::config::live::LiveConfig;
 use crate::config::{Config, SpoolConfig};
 use crate::delivery::Dispatcher;
 use crate::journal::{IngestFile, IngestOutcome, Journal};
-use crate::config::live::LiveConfig;
 
 /// Names a rescan queues at most; the rest wait for the next listing.
 const RESCAN_QUEUE: usize = 16_384;

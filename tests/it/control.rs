@@ -1,4 +1,4 @@
-//! The operator's side of cdrhook (SPEC §5–7, issue #3): the control socket,
+//! The operator's side of cdrhook (contract §5–7): the control socket,
 //! every command with and without `--json`, exit codes, help, and signals.
 //! Each test runs the real binary against its own directory and receiver.
 
@@ -24,7 +24,7 @@ const FAST: &str = "timeout: 2s\nretry_schedule: [100ms]";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET2: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
-/// The keys SPEC §5 fixes for each item of `attempts --json`.
+/// The keys contract §5 fixes for each item of `attempts --json`.
 const ATTEMPT_KEYS: [&str; 12] = [
     "id",
     "delivery_id",
@@ -956,7 +956,7 @@ fn replay_backfills_a_newly_added_subscription() {
     got.sort();
     let mut want: Vec<String> = [make_cdr(1), make_cdr(2), agent]
         .into_iter()
-        // Exactly the bytes as written (SPEC §4).
+        // Exactly the bytes as written (contract §4).
         .map(|b| String::from_utf8(b).expect("UTF-8"))
         .collect();
     want.sort();

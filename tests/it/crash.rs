@@ -1,4 +1,4 @@
-//! Durability (SPEC §3, §6): a kill -9 mid-run, a lost journal, and a
+//! Durability (contract §3, §6): a kill -9 mid-run, a lost journal, and a
 //! SIGTERM while a request hangs. Nothing undelivered may be lost.
 
 use std::collections::BTreeSet;

@@ -1,4 +1,4 @@
-//! Delivery (SPEC §4): retries, dead deliveries, Retry-After, redirects,
+//! Delivery (contract §4): retries, dead deliveries, Retry-After, redirects,
 //! 4xx, slow endpoints and the queue behind a failing endpoint.
 
 use std::collections::{BTreeMap, BTreeSet};

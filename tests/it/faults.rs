@@ -1,4 +1,4 @@
-//! Fault tests (issue #5, part 2), sized for CI. Each one breaks something
+//! Fault tests, sized for CI. Each one breaks something
 //! the daemon depends on (the process itself, the endpoint, the watcher, the
 //! journal's disk, the writer's protocol) and asserts that every CDR is
 //! delivered at least once, or sits in the rejected directory with a reason.

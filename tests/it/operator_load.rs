@@ -1,4 +1,4 @@
-//! Operator commands beside a large journal (issue 8, items 2 and 3): heavy
+//! Operator commands beside a large journal (contract §5, §8): heavy
 //! commands (`attempts --limit 0`, `replay`, `resend --failed`, SIGUSR1)
 //! run off the runtime, page by page, so `status` keeps answering and the
 //! systemd watchdog keeps being pinged while twenty of them run at once.

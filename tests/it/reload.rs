@@ -1,4 +1,4 @@
-//! Config reload (SPEC §2) and what it does to queued deliveries (SPEC §4):
+//! Config reload (contract §2) and what it does to queued deliveries (contract §4):
 //! editors' two ways of saving, refused versions, start-up with a bad file,
 //! and subscriptions made inactive or removed.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::harness::support::*;
 use crate::harness::*;
 
-/// SPEC: a valid version takes effect within one second; give it three.
+/// The contract: a valid version takes effect within one second; give it three.
 const RELOAD_DEADLINE: Duration = Duration::from_secs(3);
 
 fn listed(daemon: &Daemon) -> Vec<String> {

@@ -1,5 +1,5 @@
-//! Secrets stay secret everywhere an operator looks (SPEC §4, issue 8 item
-//! 4): the journal's files, the daemon's log and every command's output
+//! Secrets stay secret everywhere an operator looks (contract §4.11):
+//! the journal's files, the daemon's log and every command's output
 //! never hold a credential, whether it came from `${VAR}` or was written in
 //! the file; and a file holding a secret that every user can read is a
 //! warning in the log, `check-config` and `status`.

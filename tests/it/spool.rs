@@ -1,4 +1,4 @@
-//! The spool end to end (SPEC §3, §4): what is taken in, what it becomes on
+//! The spool end to end (contract §3, §4): what is taken in, what it becomes on
 //! the wire, what is rejected and why, and where files go afterwards.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -649,7 +649,7 @@ fn a_rejected_name_never_overwrites_an_earlier_rejected_file() {
 }
 
 // ---------------------------------------------------------------------------
-// Files of another user (issue 8, items 6 and 7). The daemon runs as
+// Files of another user (contract §3.7, §3.8). The daemon runs as
 // `nobody` and the phone system's files belong to another uid, as on an
 // appliance; that needs root to set up.
 

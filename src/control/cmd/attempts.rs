@@ -3,7 +3,7 @@
 //! The answer is written to the socket as the journal is read, one page at
 //! a time, so `--limit 0` on a journal of any size holds one page in the
 //! daemon. The bytes are those of the one response object
-//! `{"ok":true,"result":[…]}` (SPEC §5, §7).
+//! `{"ok":true,"result":[…]}` (contract §5, §7).
 
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ impl From<Attempts> for Request {
 }
 
 impl Command for Attempts {
-    /// SPEC §5 `attempts --json`: newest first.
+    /// contract §5 `attempts --json`: newest first.
     type Response = Vec<AttemptView>;
 
     fn render(list: &Vec<AttemptView>) -> String {

@@ -3,7 +3,7 @@
 //! both sides), has one serde response type, is applied by the daemon with
 //! the narrow [`Handles`] it needs (`apply`), and is shown by the command
 //! line from its typed response (`render`). A command is read and changed
-//! in one place; the `--json` shape (SPEC §5) is the response type.
+//! in one place; the `--json` shape (contract §5) is the response type.
 //!
 //! Commands may use config, journal, delivery, spool and `lane` (where their
 //! blocking work runs); they never see the daemon.
@@ -159,12 +159,12 @@ pub fn resolve(journal: &Journal, text: &str) -> Result<(Delivery, Option<Attemp
         .ok_or_else(|| CmdError::Refused(format!("no attempt or delivery {text} in the journal")))
 }
 
-/// SPEC §5 `since`: RFC 3339 or a duration back from now.
+/// contract §5 `since`: RFC 3339 or a duration back from now.
 pub fn since(text: Option<&str>) -> Result<Option<u64>, BadTime> {
     text.map(|t| parse_since(t, now_ms())).transpose()
 }
 
-/// An attempt as `attempts` lists it and `show` shows it (SPEC §5). In
+/// An attempt as `attempts` lists it and `show` shows it (contract §5). In
 /// `show` of a delivery never attempted, the attempt's own fields are null.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttemptView {

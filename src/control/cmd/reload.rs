@@ -13,7 +13,7 @@ use crate::control::Handles;
 #[serde(deny_unknown_fields)]
 pub struct Reload {}
 
-/// SPEC §5 `reload --json`: the version this reload put in force.
+/// contract §5 `reload --json`: the version this reload put in force.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadResponse {
     pub ok: bool,

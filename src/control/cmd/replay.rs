@@ -29,7 +29,7 @@ pub struct Replay {
     pub since: String,
 }
 
-/// SPEC §5 `replay --json`.
+/// contract §5 `replay --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplayResponse {
     pub ok: bool,

@@ -35,7 +35,7 @@ pub struct ResendFailed {
     pub since: Option<String>,
 }
 
-/// SPEC §5 `resend --json`: one result per id; `ok` is false if any failed.
+/// contract §5 `resend --json`: one result per id; `ok` is false if any failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResendResponse {
     pub ok: bool,
@@ -54,7 +54,7 @@ pub struct ResendResult {
     pub ok: bool,
 }
 
-/// SPEC §5 `resend --failed --json`.
+/// contract §5 `resend --failed --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResendFailedResponse {
     pub ok: bool,

@@ -19,7 +19,7 @@ pub struct Show {
     pub id: String,
 }
 
-/// SPEC §5 `show --json`: the attempt named (or a delivery's latest), the
+/// contract §5 `show --json`: the attempt named (or a delivery's latest), the
 /// headers and response, the CDR, and the delivery with its history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShowResponse {

@@ -14,7 +14,7 @@ use crate::time::{now_ms, rfc3339};
 #[serde(deny_unknown_fields)]
 pub struct Status {}
 
-/// SPEC §5 `status --json`.
+/// contract §5 `status --json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusResponse {
     pub version: String,
@@ -294,7 +294,7 @@ pub fn render(v: &StatusResponse) -> String {
 mod tests {
     use super::*;
 
-    /// The keys SPEC §5 fixes, at every level.
+    /// The keys contract §5 fixes, at every level.
     #[test]
     fn the_response_has_the_spec_shape() {
         let r = StatusResponse {

@@ -22,7 +22,7 @@ pub struct Test {
     pub subscription: Option<String>,
 }
 
-/// SPEC §5 `test --json`: one result per subscription; `ok` is false if
+/// contract §5 `test --json`: one result per subscription; `ok` is false if
 /// any failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestResponse {

@@ -355,7 +355,7 @@ pub fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Builds config.yaml (SPEC §2) for a `TestDir`. Defaults:
+/// Builds config.yaml (contract §2) for a `TestDir`. Defaults:
 /// ```yaml
 /// spool: {dir, rejected_dir, archive_dir: <absolute paths>, rescan_interval: 1s}
 /// journal: {path: <dir>/journal}

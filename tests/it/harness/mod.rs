@@ -56,7 +56,7 @@ pub fn wait_for_value<T>(deadline: Duration, what: &str, mut f: impl FnMut() -> 
     }
 }
 
-/// Drops a CDR file into the spool the way the phone system does (SPEC §3):
+/// Drops a CDR file into the spool the way the phone system does (contract §3):
 /// writes `.NAME.tmp`, then renames it to `NAME`. Returns the final path.
 pub fn drop_file(spool: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     drop_file_inner(spool, name, bytes, None)

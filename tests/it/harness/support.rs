@@ -18,7 +18,7 @@ pub const SECRET_B: &str = "whsec_dGVzdC1zZWNyZXQtMTIzNDU2Nzg5MA==";
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// `bytes` less a leading UTF-8 BOM: what the receiver must get for a file
-/// holding one object (SPEC §4: "the same bytes, less any byte-order mark").
+/// holding one object (contract §4: "the same bytes, less any byte-order mark").
 pub fn expected_body(bytes: &[u8]) -> Vec<u8> {
     bytes
         .strip_prefix(b"\xEF\xBB\xBF")
