@@ -9,6 +9,7 @@ pub mod control;
 pub mod delivery;
 pub mod journal;
 pub mod logging;
+pub mod model;
 pub mod redact;
 pub mod reload;
 pub mod server;

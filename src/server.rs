@@ -255,7 +255,14 @@ async fn start(
         Shutdown::new(stop_rx.clone()),
     ));
     tokio::spawn(prune_loop(daemon.clone(), Shutdown::new(stop_rx.clone())));
-    tokio::spawn(flush_loop(daemon.clone(), Shutdown::new(stop_rx.clone())));
+    let written = Arc::new(tokio::sync::Notify::new());
+    let wake = written.clone();
+    daemon.journal.set_on_write(move || wake.notify_one());
+    tokio::spawn(flush_loop(
+        daemon.clone(),
+        written,
+        Shutdown::new(stop_rx.clone()),
+    ));
     crate::watchdog::start(tokio::runtime::Handle::current(), stop_rx);
     log::info!(
         "cdrhook {} started: spool {}, {} subscription(s), control socket {}",
@@ -339,11 +346,15 @@ async fn prune_loop(daemon: Arc<Daemon>, mut shutdown: Shutdown) {
 /// Flushes the journal a second after writes that `ingest` does not flush
 /// itself (attempt results): a crash loses at most that second of results,
 /// which only means resending those CDRs. Sleeps while nothing is written.
-async fn flush_loop(daemon: Arc<Daemon>, mut shutdown: Shutdown) {
+async fn flush_loop(
+    daemon: Arc<Daemon>,
+    written: Arc<tokio::sync::Notify>,
+    mut shutdown: Shutdown,
+) {
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
-            _ = daemon.journal.written() => {}
+            _ = written.notified() => {}
         }
         tokio::select! {
             _ = shutdown.recv() => return,

@@ -22,7 +22,7 @@ use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 use sha2::{Digest, Sha256};
 
-use crate::cdr::{parse_file, Rejection};
+use crate::cdr::{parse_file, Cdr, Rejection};
 use crate::config::{AfterIngest, Config, SpoolConfig};
 use crate::delivery::Dispatcher;
 use crate::journal::{IngestFile, IngestOutcome, Journal};
@@ -502,8 +502,8 @@ impl Spool {
         if parsed.is_empty() {
             return;
         }
-        let subs: Vec<&crate::config::Subscription> = cfg.subscriptions.iter().collect();
-        let outcome = match self.journal.ingest(&parsed, &subs) {
+        let route = |cdr: &Cdr| crate::delivery::route::subscriptions_for(&cfg.subscriptions, cdr);
+        let outcome = match self.journal.ingest(&parsed, &route) {
             Ok(outcome) => outcome,
             Err(e) => {
                 // Disk full or similar: the files stay in the spool untouched
@@ -672,7 +672,9 @@ impl Spool {
         }
         let outcome = self
             .journal
-            .ingest(&files, subs)
+            .ingest(&files, &|cdr: &Cdr| {
+                crate::delivery::route::subscriptions_for(subs.iter().copied(), cdr)
+            })
             .map_err(|e| io::Error::other(e.to_string()))?;
         self.dispatch(outcome);
         Ok(())

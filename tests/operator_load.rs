@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use cdrhook::cdr::parse_file;
 use cdrhook::config::Subscription;
+use cdrhook::delivery::route::subscriptions_for;
 use cdrhook::journal::{Attempt, IngestFile, Journal, State, Trigger};
 use cdrhook::time::now_ms;
 use common::*;
@@ -61,7 +62,9 @@ fn build_journal(path: &Path, sub: &Subscription) {
                 identity: None,
             })
             .collect();
-        let out = journal.ingest(&files, &[sub]).expect("ingest");
+        let out = journal
+            .ingest(&files, &|c| subscriptions_for([sub], c))
+            .expect("ingest");
         assert_eq!(out.new_deliveries.len(), n);
         for (k, (_, id)) in out.new_deliveries.iter().enumerate() {
             let mut d = journal.delivery(*id).expect("read").expect("delivery");
