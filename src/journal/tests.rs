@@ -540,3 +540,223 @@ fn counts_survive_reopen() {
     assert_eq!(c.delivered, 1);
     assert!(c.last_success_ms.is_some());
 }
+
+/// The raw tree of a journal, for tests that look at keys.
+fn keys_of(j: &Journal, kind: u8) -> usize {
+    j.h().expect("open").tree.scan_prefix([kind]).count()
+}
+
+#[test]
+fn the_same_cdr_in_two_files_of_one_batch_is_one_cdr() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let body = r#"{"QueueId":"same"}"#;
+    let out = j
+        .ingest(
+            &[file("1.json", body), file("2.json", body)],
+            &route_to(&[&a]),
+        )
+        .expect("ingest");
+    assert_eq!((out.new_cdrs, out.known_cdrs), (1, 1));
+    assert_eq!(out.new_deliveries.len(), 1);
+    assert!(out.finished_files.is_empty(), "both wait for the delivery");
+    let mut files = finish(&j, out.new_deliveries[0].1, State::Delivered);
+    files.sort();
+    assert_eq!(files, vec!["x-1.json".to_string(), "x-2.json".to_string()]);
+}
+
+#[test]
+fn large_bodies_are_stored_in_chunks_read_back_whole_and_pruned() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let text = "t".repeat(3 * records::BODY_CHUNK);
+    let body = format!(r#"{{"RecordingFileName":"r.wav","Transcription":"{text}"}}"#);
+    let out = j
+        .ingest(&[file("big.json", &body)], &route_to(&[&a]))
+        .expect("ingest");
+    assert_eq!(
+        keys_of(&j, records::K_BODY),
+        4,
+        "12 KiB and a bit: 4 chunks"
+    );
+    let d = j
+        .delivery(out.new_deliveries[0].1)
+        .expect("read")
+        .expect("d");
+    let stored = j.cdr_by_seq(d.cdr_seq).expect("read").expect("cdr");
+    assert_eq!(stored.body, body.as_bytes());
+    finish(&j, d.id, State::Delivered);
+    let stats = j.prune(now_ms() + 1000, 100).expect("prune");
+    assert_eq!(stats.cdrs, 1);
+    for kind in [
+        records::K_BODY,
+        records::K_CDR,
+        records::K_CDR_ID,
+        records::K_DELIVERY,
+        records::K_ATTEMPT,
+        records::K_ATTEMPTS_OF,
+        records::K_OPEN,
+    ] {
+        assert_eq!(keys_of(&j, kind), 0, "{} left after pruning", kind as char);
+    }
+}
+
+#[test]
+fn start_up_reads_the_counts_and_the_open_index_not_every_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    let open_id = {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        let ids = ingest_n(&j, &a, 3);
+        finish(&j, ids[0], State::Delivered);
+        finish(&j, ids[1], State::Dead);
+        // Damage the ended deliveries' records: a start-up that read them
+        // would fail.
+        let h = j.h().expect("open");
+        for id in &ids[..2] {
+            h.tree
+                .insert(records::key(records::K_DELIVERY, *id), &[0xff][..])
+                .expect("damage");
+        }
+        j.flush().expect("flush");
+        ids[2]
+    };
+    let j = Journal::open(&path, 8 << 20).expect("reopen without reading them");
+    let c = &j.counts()["a"];
+    assert_eq!((c.pending, c.delivered, c.dead), (1, 1, 1));
+    let open = j.take_open_deliveries();
+    assert_eq!(open.len(), 1);
+    assert_eq!((open[0].id, open[0].subscription.as_str()), (open_id, "a"));
+}
+
+#[test]
+fn writes_that_are_not_flushed_at_once_are_announced() {
+    let (_d, j) = open_tmp();
+    let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = told.clone();
+    j.set_on_write(move || {
+        t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let a = sub("a");
+    let ids = ingest_n(&j, &a, 1);
+    assert_eq!(
+        told.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "ingest flushes"
+    );
+    finish(&j, ids[0], State::Delivered);
+    assert!(told.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn a_journal_of_a_newer_format_is_refused_naming_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    drop(Journal::open(&path, 8 << 20).expect("open"));
+    {
+        let db = sled::open(&path).expect("sled");
+        let tree = db.open_tree(records::TREE).expect("tree");
+        tree.insert([records::K_VERSION], &[records::FORMAT_VERSION + 1])
+            .expect("write");
+        db.flush().expect("flush");
+    }
+    let err = Journal::open(&path, 8 << 20)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("newer cdrhook"), "{err}");
+}
+
+#[test]
+fn a_format_1_journal_is_migrated_at_open() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let id1 = "cdr_0123456789abcdef0123456789abcdef";
+    {
+        let db = sled::open(&path).expect("sled");
+        let t = |n: &str| db.open_tree(n).expect("tree");
+        let (cdrs, cdr_ids, deliveries, attempts, sub_last) = (
+            t("cdrs"),
+            t("cdr_ids"),
+            t("deliveries"),
+            t("attempts"),
+            t("sub_last"),
+        );
+        let cdr = |seq: u64, id: &str, dlv: u64, body: &str| {
+            let meta = json!({"id": id, "seq": seq, "event_type": "App.QueueWebhook",
+                "call_id": "c1", "received_ms": 1000 + seq, "deliveries": [["crm", dlv]],
+                "files": [{"name": format!("f{seq}.json"), "cdrs": [seq]}]});
+            let mut v = serde_json::to_vec(&meta).expect("json");
+            v.push(b'\n');
+            v.extend_from_slice(body.as_bytes());
+            cdrs.insert(seq.to_be_bytes(), v).expect("insert");
+            cdr_ids
+                .insert(id.as_bytes(), &seq.to_be_bytes())
+                .expect("insert");
+        };
+        cdr(1, id1, 2, r#"{"QueueId":"1"}"#);
+        cdr(4, "cdr_other", 5, r#"{"QueueId":"2"}"#);
+        let delivery = |id: u64, seq: u64, state: &str, attempt_ids: Vec<u64>| {
+            let d = json!({"id": id, "cdr_id": "x", "cdr_seq": seq, "subscription": "crm",
+                "event_type": "App.QueueWebhook", "call_id": "c1", "state": state,
+                "attempts": attempt_ids.len(), "failures": 1, "next_at_ms": 99,
+                "created_ms": 7, "ended_ms": null, "origin": "auto", "last_status": 503,
+                "last_error": null, "attempt_ids": attempt_ids});
+            deliveries
+                .insert(id.to_be_bytes(), serde_json::to_vec(&d).expect("json"))
+                .expect("insert");
+        };
+        delivery(2, 1, "delivered", vec![3]);
+        delivery(5, 4, "retrying", vec![]);
+        // An open delivery whose CDR never reached the disk.
+        delivery(8, 7, "pending", vec![]);
+        let a = json!({"id": 3, "delivery_id": 2, "time_ms": 50, "subscription": "crm",
+            "event_type": "App.QueueWebhook", "call_id": "c1", "webhook_id": id1,
+            "attempt": 1, "status": 204, "error": null, "duration_ms": 4, "trigger": "auto",
+            "request_headers": [["webhook-id", id1]], "response_headers": [],
+            "response_body": null});
+        attempts
+            .insert(3u64.to_be_bytes(), serde_json::to_vec(&a).expect("json"))
+            .expect("insert");
+        let last = json!({"pending": 0, "retrying": 0, "dead": 0, "delivered": 0,
+            "last_success_ms": 50, "last_failure_ms": 40, "last_error": "HTTP 503"});
+        sub_last
+            .insert("crm", serde_json::to_vec(&last).expect("json"))
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    {
+        let j = Journal::open(&path, 8 << 20).expect("migrated");
+        let c = &j.counts()["crm"];
+        assert_eq!((c.delivered, c.retrying, c.pending), (1, 1, 0));
+        assert_eq!(
+            (c.last_success_ms, c.last_error.as_deref()),
+            (Some(50), Some("HTTP 503"))
+        );
+        let open = j.take_open_deliveries();
+        assert_eq!(open.len(), 1, "the orphan is dropped");
+        assert_eq!((open[0].id, open[0].retry_at_ms), (5, Some(99)));
+        let d = j.delivery(2).expect("read").expect("d");
+        assert_eq!((d.cdr_id.as_str(), d.state), (id1, State::Delivered));
+        let history = j.attempts_of(&d).expect("attempts");
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            history[0].request_headers,
+            vec![("webhook-id".into(), id1.into())]
+        );
+        assert_eq!(history[0].status, Some(204));
+        let stored = j.cdr(id1).expect("read").expect("cdr");
+        assert_eq!(stored.body, br#"{"QueueId":"1"}"#);
+    }
+    let db = sled::open(&path).expect("sled");
+    let names: Vec<_> = db.tree_names();
+    assert!(
+        !names
+            .iter()
+            .any(|n| &n[..] == b"deliveries" || &n[..] == b"cdrs"),
+        "the format-1 trees are dropped"
+    );
+}
