@@ -42,13 +42,15 @@ fn cdr(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// Bytes allocated on disk (what `du` counts), not the files' lengths.
 fn dir_size(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {
             match e.metadata() {
                 Ok(m) if m.is_dir() => total += dir_size(&e.path()),
-                Ok(m) => total += m.len(),
+                Ok(m) => total += m.blocks() * 512,
                 Err(_) => {}
             }
         }
@@ -211,7 +213,10 @@ fn main() {
     j.flush().expect("flush");
     rows.push((
         format!("prune {pruned} CDRs"),
-        format!("{:.1} µs/CDR", t.elapsed().as_secs_f64() * 1e6 / pruned.max(1) as f64),
+        format!(
+            "{:.1} µs/CDR",
+            t.elapsed().as_secs_f64() * 1e6 / pruned.max(1) as f64
+        ),
     ));
     drop(j);
     let size_pruned = dir_size(&path);

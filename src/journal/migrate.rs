@@ -59,6 +59,7 @@ struct OldAttempt {
     time_ms: u64,
     subscription: String,
     event_type: String,
+    webhook_id: String,
     attempt: u32,
     status: Option<u16>,
     error: Option<String>,
@@ -291,6 +292,23 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &sled::Tree) -> Result<()> {
             None => continue,
         };
         let sub = number(&a.subscription, &mut subs, &mut batch);
+        let ctx = records::HeaderContext {
+            webhook_id: &a.webhook_id,
+            event_type: &a.event_type,
+            attempt: a.attempt,
+            time_ms: a.time_ms,
+        };
+        let detail = AttemptDetail {
+            request_headers: a.request_headers,
+            response_headers: a.response_headers,
+            response_body: a.response_body,
+        };
+        if !detail.is_empty() {
+            batch.insert(
+                &records::key(records::K_DETAIL, id)[..],
+                detail.encode(&ctx),
+            );
+        }
         let rec = AttemptRec {
             delivery_id: a.delivery_id,
             cdr_seq,
@@ -304,14 +322,6 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &sled::Tree) -> Result<()> {
             error: a.error,
         };
         batch.insert(&records::key(records::K_ATTEMPT, id)[..], rec.encode());
-        let detail = AttemptDetail {
-            request_headers: a.request_headers,
-            response_headers: a.response_headers,
-            response_body: a.response_body,
-        };
-        if !detail.is_empty() {
-            batch.insert(&records::key(records::K_DETAIL, id)[..], detail.encode());
-        }
         pending += 1;
         flush_batch(&mut batch, &mut pending, false)?;
     }

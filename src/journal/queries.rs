@@ -232,7 +232,13 @@ impl Journal {
             .get(records::key(records::K_DETAIL, id))
             .map_err(self.sled_err("read attempt detail"))?
         {
-            let detail = AttemptDetail::decode(&b)?;
+            let ctx = records::HeaderContext {
+                webhook_id: &a.webhook_id,
+                event_type: &a.event_type,
+                attempt: a.attempt,
+                time_ms: a.time_ms,
+            };
+            let detail = AttemptDetail::decode(&b, &ctx)?;
             a.request_headers = detail.request_headers;
             a.response_headers = detail.response_headers;
             a.response_body = detail.response_body;

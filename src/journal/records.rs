@@ -603,6 +603,92 @@ pub struct AttemptDetail {
     pub response_body: Option<String>,
 }
 
+/// What an attempt's standard request headers are made of, so that they
+/// are stored as a byte or two, not as text (they make up most of an
+/// attempt otherwise).
+pub struct HeaderContext<'a> {
+    pub webhook_id: &'a str,
+    pub event_type: &'a str,
+    pub attempt: u32,
+    pub time_ms: u64,
+}
+
+/// Header names stored as one byte (their place here, from 1); 0 means the
+/// name follows as text. Append only: the numbers are on disk.
+const HEADER_NAMES: [&str; 16] = [
+    "content-type",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "x-webhook-event",
+    "x-webhook-attempt",
+    "webhook-signature",
+    "authorization",
+    "server",
+    "date",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "cache-control",
+    "x-request-id",
+    "vary",
+];
+
+impl HeaderContext<'_> {
+    /// The value a header has when the daemon set it from the attempt.
+    fn derived(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "content-type" => "application/json".to_string(),
+            "webhook-id" => self.webhook_id.to_string(),
+            "webhook-timestamp" => (self.time_ms / 1000).to_string(),
+            "x-webhook-event" => self.event_type.to_string(),
+            "x-webhook-attempt" => self.attempt.to_string(),
+            _ => return None,
+        })
+    }
+
+    fn put(&self, w: &mut Writer, list: &[(String, String)]) {
+        w.var(list.len() as u64);
+        for (name, value) in list {
+            match HEADER_NAMES.iter().position(|n| n == name) {
+                Some(i) => w.u8(i as u8 + 1),
+                None => w.u8(0).str(name),
+            };
+            if self.derived(name).as_deref() == Some(value.as_str()) {
+                w.var(0);
+            } else {
+                w.opt_str(Some(value));
+            }
+        }
+    }
+
+    fn get(&self, r: &mut Reader<'_>) -> Decoded<Vec<(String, String)>> {
+        let n = r.len()?;
+        let mut out = Vec::with_capacity(n.min(64));
+        for _ in 0..n {
+            let name = match r.u8()? {
+                0 => r.str()?,
+                i => HEADER_NAMES
+                    .get(usize::from(i) - 1)
+                    .map(|n| n.to_string())
+                    .ok_or(DecodeError {
+                        what: "attempt detail",
+                        why: "unknown header code",
+                    })?,
+            };
+            let value = match r.opt_str()? {
+                Some(v) => v,
+                None => self.derived(&name).ok_or(DecodeError {
+                    what: "attempt detail",
+                    why: "no derived value for this header",
+                })?,
+            };
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+}
+
 impl AttemptDetail {
     pub fn is_empty(&self) -> bool {
         self.request_headers.is_empty()
@@ -610,19 +696,19 @@ impl AttemptDetail {
             && self.response_body.is_none()
     }
 
-    pub fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self, ctx: &HeaderContext<'_>) -> Vec<u8> {
         let mut w = Writer::default();
-        w.pairs(&self.request_headers)
-            .pairs(&self.response_headers)
-            .opt_str(self.response_body.as_deref());
+        ctx.put(&mut w, &self.request_headers);
+        ctx.put(&mut w, &self.response_headers);
+        w.opt_str(self.response_body.as_deref());
         w.0
     }
 
-    pub fn decode(b: &[u8]) -> Decoded<AttemptDetail> {
+    pub fn decode(b: &[u8], ctx: &HeaderContext<'_>) -> Decoded<AttemptDetail> {
         let mut r = Reader::new(b, "attempt detail");
         Ok(AttemptDetail {
-            request_headers: r.pairs()?,
-            response_headers: r.pairs()?,
+            request_headers: ctx.get(&mut r)?,
+            response_headers: ctx.get(&mut r)?,
             response_body: r.opt_str()?,
         })
     }
@@ -746,12 +832,32 @@ mod tests {
             error: Some("timeout".into()),
         };
         assert_eq!(AttemptRec::decode(&a.encode()), Ok(a));
+        let ctx = HeaderContext {
+            webhook_id: "cdr_1",
+            event_type: "App.QueueWebhook",
+            attempt: 3,
+            time_ms: 1_700_000_000_123,
+        };
         let h = AttemptDetail {
-            request_headers: vec![("a".into(), "b".into())],
-            response_headers: vec![],
+            request_headers: vec![
+                ("a".into(), "b".into()),
+                ("webhook-id".into(), "cdr_1".into()),
+                ("webhook-timestamp".into(), "1700000000".into()),
+                ("x-webhook-attempt".into(), "3".into()),
+                ("x-webhook-event".into(), "App.QueueWebhook".into()),
+                ("content-type".into(), "text/plain".into()),
+                ("authorization".into(), "***".into()),
+            ],
+            response_headers: vec![("date".into(), "today".into())],
             response_body: Some(String::new()),
         };
-        assert_eq!(AttemptDetail::decode(&h.encode()), Ok(h));
+        let bytes = h.encode(&ctx);
+        assert!(
+            bytes.len() <= 40,
+            "derived headers take two bytes: {}",
+            bytes.len()
+        );
+        assert_eq!(AttemptDetail::decode(&bytes, &ctx), Ok(h));
         let c = CountsRec {
             delivered: 1 << 40,
             last_failure_ms: Some(3),

@@ -92,9 +92,15 @@ impl Journal {
                 response_body: attempt.response_body.clone(),
             };
             if !detail.is_empty() {
+                let ctx = records::HeaderContext {
+                    webhook_id: &attempt.webhook_id,
+                    event_type: &attempt.event_type,
+                    attempt: attempt.attempt,
+                    time_ms: attempt.time_ms,
+                };
                 batch.insert(
                     &records::key(records::K_DETAIL, attempt.id)[..],
-                    detail.encode(),
+                    detail.encode(&ctx),
                 );
             }
             batch.insert(
