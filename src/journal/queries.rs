@@ -192,17 +192,16 @@ impl Journal {
         Ok(out)
     }
 
-    /// An attempt as listings show it (no headers or response), joined
-    /// with its CDR for the call id and webhook id.
-    fn attempt_of(&self, id: AttemptId, a: AttemptRec, cdr: Option<&CdrRec>) -> Attempt {
+    /// An attempt as listings show it (no headers or response).
+    fn attempt_of(&self, id: AttemptId, a: AttemptRec) -> Attempt {
         Attempt {
             id,
             delivery_id: a.delivery_id,
             time_ms: a.time_ms,
             subscription: self.name_of(a.sub),
             event_type: a.event_type,
-            call_id: cdr.and_then(|c| c.call_id.clone()),
-            webhook_id: cdr.map(|c| c.id.clone()).unwrap_or_default(),
+            call_id: a.call_id,
+            webhook_id: a.webhook_id,
             attempt: a.attempt,
             status: a.status,
             error: a.error,
@@ -224,9 +223,7 @@ impl Journal {
         else {
             return Ok(None);
         };
-        let rec = AttemptRec::decode(&b)?;
-        let cdr = self.cdr_rec(&h, rec.cdr_seq)?;
-        let mut a = self.attempt_of(id, rec, cdr.as_ref());
+        let mut a = self.attempt_of(id, AttemptRec::decode(&b)?);
         if let Some(b) = h
             .tree
             .get(records::key(records::K_DETAIL, id))
@@ -314,15 +311,13 @@ impl Journal {
             }
             let keep = sub_number.is_none_or(|n| n == Some(a.sub as usize))
                 && (!f.failed || !(matches!(a.status, Some(200..=299)) && a.error.is_none()))
-                && f.event_type.as_ref().is_none_or(|t| *t == a.event_type);
-            if !keep {
-                continue;
+                && f.event_type.as_ref().is_none_or(|t| *t == a.event_type)
+                && f.call_id
+                    .as_ref()
+                    .is_none_or(|c| Some(c) == a.call_id.as_ref());
+            if keep {
+                page.items.push(self.attempt_of(id, a));
             }
-            let cdr = self.cdr_rec(&h, a.cdr_seq)?;
-            if f.call_id.is_some() && f.call_id != cdr.as_ref().and_then(|c| c.call_id.clone()) {
-                continue;
-            }
-            page.items.push(self.attempt_of(id, a, cdr.as_ref()));
         }
         Ok(page)
     }

@@ -548,14 +548,17 @@ impl OpenRec {
     }
 }
 
-/// `a` attempt: the fields a listing shows or filters on. The call id and
-/// webhook id come from the CDR, the subscription's name from its number.
+/// `a` attempt: every field a listing shows or filters on, so that a walk
+/// over attempts reads nothing else (the subscription's name comes from its
+/// number, held in memory).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttemptRec {
     pub delivery_id: DeliveryId,
     pub cdr_seq: CdrSeq,
     pub sub: u32,
     pub event_type: String,
+    pub webhook_id: String,
+    pub call_id: Option<String>,
     pub time_ms: u64,
     pub attempt: u32,
     pub status: Option<u16>,
@@ -569,7 +572,9 @@ impl AttemptRec {
         let mut w = Writer(Vec::with_capacity(48));
         w.u64(self.delivery_id).u64(self.cdr_seq).u32(self.sub);
         put_event(&mut w, &self.event_type);
-        w.u64(self.time_ms)
+        w.bytes(&id_bytes(&self.webhook_id))
+            .opt_str(self.call_id.as_deref())
+            .u64(self.time_ms)
             .var(u64::from(self.attempt))
             .u16(self.status.unwrap_or(0))
             .var(self.duration_ms)
@@ -585,6 +590,8 @@ impl AttemptRec {
             cdr_seq: r.u64()?,
             sub: r.u32()?,
             event_type: get_event(&mut r)?,
+            webhook_id: id_from_bytes(r.bytes()?)?,
+            call_id: r.opt_str()?,
             time_ms: r.u64()?,
             attempt: u32::try_from(r.var()?).unwrap_or(u32::MAX),
             status: Some(r.u16()?).filter(|&s| s != 0),
@@ -824,6 +831,8 @@ mod tests {
             cdr_seq: 2,
             sub: 0,
             event_type: "App.TestWebhook".into(),
+            webhook_id: "t1".into(),
+            call_id: Some("c".into()),
             time_ms: 7,
             attempt: 300,
             status: None,

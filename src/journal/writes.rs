@@ -75,6 +75,8 @@ impl Journal {
                 cdr_seq: updated.cdr_seq,
                 sub,
                 event_type: attempt.event_type.clone(),
+                webhook_id: attempt.webhook_id.clone(),
+                call_id: attempt.call_id.clone(),
                 time_ms: attempt.time_ms,
                 attempt: attempt.attempt,
                 status: attempt.status,
