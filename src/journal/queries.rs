@@ -310,7 +310,7 @@ impl Journal {
                 }
             }
             let keep = sub_number.is_none_or(|n| n == Some(a.sub as usize))
-                && (!f.failed || !(matches!(a.status, Some(200..=299)) && a.error.is_none()))
+                && !(f.failed && a.succeeded())
                 && f.event_type.as_ref().is_none_or(|t| *t == a.event_type)
                 && f.call_id
                     .as_ref()

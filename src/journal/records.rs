@@ -568,6 +568,11 @@ pub struct AttemptRec {
 }
 
 impl AttemptRec {
+    /// A 2xx answer without an error (as `Attempt::succeeded`).
+    pub fn succeeded(&self) -> bool {
+        matches!(self.status, Some(200..=299)) && self.error.is_none()
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(48));
         w.u64(self.delivery_id).u64(self.cdr_seq).u32(self.sub);
