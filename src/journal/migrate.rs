@@ -224,8 +224,9 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &sled::Tree) -> Result<()> {
             records::name_key(records::K_CDR_ID, &records::id_bytes(&rec.id)),
             &seq.to_be_bytes(),
         );
-        super::ingest::put_body(&mut batch, seq, body);
-        pending += 1;
+        super::ingest::put_body(tree, &mut batch, seq, body)
+            .map_err(sled_err("write migrated body"))?;
+        pending += 1 + body.len() / 2048;
         flush_batch(&mut batch, &mut pending, false)?;
     }
     flush_batch(&mut batch, &mut pending, true)?;
