@@ -11,7 +11,7 @@
 //! | `V`                       | format version (one byte, 2)             |
 //! | `c` seq                   | [`CdrRec`]: ids, event, call, files      |
 //! | `i` content id            | seq                                      |
-//! | `b` seq chunk             | body bytes, chunks of at most 4 KiB      |
+//! | `b` seq chunk             | body bytes, chunks of at most 2 KiB      |
 //! | `d` delivery              | [`DeliveryRec`]: state, fixed width      |
 //! | `o` delivery              | [`OpenRec`]: the open-delivery index     |
 //! | `a` attempt               | [`AttemptRec`]: what listings show       |
@@ -33,8 +33,12 @@ pub const FORMAT_VERSION: u8 = 2;
 /// The one tree of format 2.
 pub const TREE: &str = "journal.v2";
 /// A body is stored in chunks of at most this many bytes, so that no sled
-/// page holds a large value (sled keeps the pages it has read in memory).
-pub const BODY_CHUNK: usize = 4096;
+/// page holds a large value: sled's cache never evicts the last page of each
+/// of its 256 shards, and every insert copies its leaf (up to 16 values), so
+/// what sled holds for large bodies scales with 16 chunks (BENCHMARKS.md).
+/// A ~600-byte CDR is one chunk. Readers take the chunks as stored, so this
+/// can change without a format change.
+pub const BODY_CHUNK: usize = 2048;
 
 pub const K_VERSION: u8 = b'V';
 pub const K_CDR: u8 = b'c';
@@ -930,7 +934,7 @@ mod tests {
         assert!(d.encode().len() <= 48, "{}", d.encode().len());
         let body = vec![b'x'; BODY_CHUNK * 2 + 1];
         let sizes: Vec<_> = chunks(&body).map(|(i, c)| (i, c.len())).collect();
-        assert_eq!(sizes, vec![(0, 4096), (1, 4096), (2, 1)]);
+        assert_eq!(sizes, vec![(0, BODY_CHUNK), (1, BODY_CHUNK), (2, 1)]);
         assert_eq!(chunks(b"").count(), 0);
     }
 }

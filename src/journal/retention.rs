@@ -60,9 +60,10 @@ impl Journal {
             for sub in touched {
                 books.write_counts(sub, &mut batch);
             }
-            let chunks = rec.body_len.div_ceil(records::BODY_CHUNK as u64);
-            for i in 0..chunks {
-                batch.remove(&records::body_key(seq, i as u32)[..]);
+            // The chunks as stored (whatever size this version cuts them).
+            for item in h.tree.scan_prefix(records::key(records::K_BODY, seq)) {
+                let (k, _) = item.map_err(self.sled_err("read body keys"))?;
+                batch.remove(k);
             }
             batch.remove(records::name_key(
                 records::K_CDR_ID,
