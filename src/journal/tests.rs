@@ -30,6 +30,27 @@ fn file(name: &str, body: &str) -> IngestFile {
     }
 }
 
+/// Opens a journal whose database was just closed: sled's I/O threads can
+/// hold a dropped database's file lock for a moment, so a lock error is
+/// tried again until a deadline; any other outcome is returned.
+fn open_after_close(path: &Path) -> Result<Journal> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Journal::open(path, 8 << 20) {
+            Err(JournalError::Sled {
+                context: "open", ..
+            }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn reopen(path: &Path) -> Journal {
+    open_after_close(path).expect("reopen")
+}
+
 fn open_tmp() -> (tempfile::TempDir, Journal) {
     let dir = tempfile::tempdir().expect("tempdir");
     let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
@@ -102,7 +123,7 @@ fn open_deliveries_are_found_at_reopen() {
         finish(&j, out.new_deliveries[0].1, State::Delivered);
         j.flush().expect("flush");
     }
-    let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("reopen");
+    let j = reopen(&dir.path().join("j"));
     let open = j.take_open_deliveries();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].subscription, "a");
@@ -213,7 +234,7 @@ fn an_open_test_webhook_is_found_at_open_and_can_be_ended_without_an_attempt() {
         j.flush().expect("flush");
         d.id
     };
-    let j = Journal::open(&path, 1 << 20).expect("reopen");
+    let j = reopen(&path);
     let open = j.take_open_deliveries();
     assert_eq!(open.len(), 1);
     assert_eq!(open[0].origin, Trigger::Test);
@@ -535,7 +556,7 @@ fn counts_survive_reopen() {
         finish(&j, out.new_deliveries[0].1, State::Delivered);
         j.flush().expect("flush");
     }
-    let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("reopen");
+    let j = reopen(&dir.path().join("j"));
     let c = &j.counts()["a"];
     assert_eq!(c.delivered, 1);
     assert!(c.last_success_ms.is_some());
@@ -622,7 +643,7 @@ fn start_up_reads_the_counts_and_the_open_index_not_every_delivery() {
         j.flush().expect("flush");
         ids[2]
     };
-    let j = Journal::open(&path, 8 << 20).expect("reopen without reading them");
+    let j = reopen(&path);
     let c = &j.counts()["a"];
     assert_eq!((c.pending, c.delivered, c.dead), (1, 1, 1));
     let open = j.take_open_deliveries();
@@ -661,10 +682,7 @@ fn a_journal_of_a_newer_format_is_refused_naming_its_path() {
             .expect("write");
         db.flush().expect("flush");
     }
-    let err = Journal::open(&path, 8 << 20)
-        .err()
-        .expect("refused")
-        .to_string();
+    let err = open_after_close(&path).err().expect("refused").to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(err.contains("newer cdrhook"), "{err}");
 }
@@ -729,7 +747,7 @@ fn a_format_1_journal_is_migrated_at_open() {
         db.flush().expect("flush");
     }
     {
-        let j = Journal::open(&path, 8 << 20).expect("migrated");
+        let j = reopen(&path);
         let c = &j.counts()["crm"];
         assert_eq!((c.delivered, c.retrying, c.pending), (1, 1, 0));
         assert_eq!(
