@@ -1,7 +1,9 @@
 //! Per-subscription counts and the start-up state. The counts are records
-//! (`n`), changed in the same batch as the deliveries they count, so start-up
-//! reads them instead of scanning every delivery; the open deliveries it
-//! resumes come from the small `o` index, not from the deliveries.
+//! (`n`), written with every change of the deliveries they count (in the
+//! ingest batch; right after the delivery's record for an attempt), so
+//! start-up reads them instead of scanning every delivery; the open
+//! deliveries it resumes, and the pending and retrying counts, come from
+//! the small `o` index.
 
 use super::records::{self, CountsRec, OpenRec};
 use super::{lock, Books, Handles, Journal, OpenDelivery, Result, SubCounts};
@@ -32,10 +34,10 @@ impl Books {
         &mut self.counts[i]
     }
 
-    /// Puts the counts of `sub` as they are now into `batch`.
-    pub(super) fn write_counts(&mut self, sub: u32, batch: &mut sled::Batch) {
+    /// Puts the counts of `sub` as they are now into `out`.
+    pub(super) fn write_counts(&mut self, sub: u32, out: &mut impl super::Put) {
         let rec = self.counts_mut(sub).encode();
-        batch.insert(&records::counts_key(sub)[..], rec);
+        out.put(&records::counts_key(sub)[..], rec);
     }
 }
 
@@ -60,10 +62,18 @@ impl Journal {
             let n = records::Reader::new(&k[1..], "counts key").u32()?;
             *books.counts_mut(n) = CountsRec::decode(&v)?;
         }
+        // Pending and retrying are counted again from the open index, which
+        // start-up reads anyway: exact even if a crash fell between the
+        // writes of one attempt (which are not one batch, see `Ops`).
+        for c in &mut books.counts {
+            c.pending = 0;
+            c.retrying = 0;
+        }
         let mut open = Vec::new();
         for item in h.tree.scan_prefix([records::K_OPEN]) {
             let (k, v) = item.map_err(self.sled_err("read open deliveries"))?;
             let o = OpenRec::decode(&v)?;
+            adjust(books.counts_mut(o.sub), o.state, true);
             open.push(OpenDelivery {
                 id: records::key_id(&k),
                 subscription: names

@@ -1,10 +1,11 @@
 //! Retention: removing CDRs whose deliveries all ended before a cutoff,
 //! with everything that hangs off them (content id, body chunks,
-//! deliveries, attempts and their details), one CDR per batch together
-//! with the counts it changes. Nothing open is ever pruned.
+//! deliveries, attempts and their details) and the counts it changes,
+//! written in order with the CDR's record last, so a pass cut short by a
+//! crash is finished by the next one. Nothing open is ever pruned.
 
 use super::records::{self, CdrRec};
-use super::{counts, lock, Journal, PruneStats, Result};
+use super::{counts, lock, Journal, Ops, PruneStats, Result};
 use crate::model::CdrSeq;
 
 impl Journal {
@@ -45,7 +46,7 @@ impl Journal {
             if !removable {
                 continue;
             }
-            let mut batch = sled::Batch::default();
+            let mut batch = Ops::default();
             let mut touched = Vec::new();
             for (id, d) in &deliveries {
                 stats.attempts += self.remove_attempts(&h, *id, &mut batch)?;
@@ -70,7 +71,7 @@ impl Journal {
                 &records::id_bytes(&rec.id),
             ));
             batch.remove(key);
-            if let Err(e) = self.apply(&h, batch, "prune") {
+            if let Err(e) = self.apply_in_order(&h, batch, "prune") {
                 drop(books);
                 let _ = self.load(&h);
                 return Err(e);
@@ -82,12 +83,7 @@ impl Journal {
     }
 
     /// Puts the removal of every attempt of a delivery into `batch`.
-    fn remove_attempts(
-        &self,
-        h: &super::Handles,
-        delivery: u64,
-        batch: &mut sled::Batch,
-    ) -> Result<usize> {
+    fn remove_attempts(&self, h: &super::Handles, delivery: u64, batch: &mut Ops) -> Result<usize> {
         let mut n = 0;
         for item in h
             .tree

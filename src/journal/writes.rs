@@ -1,16 +1,20 @@
 //! Changes to deliveries after ingest: an attempt and its result, a
 //! delivery ended without an attempt, a delivery created by replay or the
-//! test webhook. Each is one batch of small records: the attempt (`a`, `h`,
-//! `x`), the delivery's fixed-width record (`d`), its open-index entry (`o`)
-//! and its subscription's counts (`n`). Nothing that grows is rewritten.
+//! test webhook. Each writes a few small records in order (`Ops`): the
+//! attempt (`a`, `h`, `x`), then the delivery's fixed-width record (`d`)
+//! and its open-index entry (`o`), then its subscription's counts (`n`).
+//! Nothing that grows is rewritten. After a crash between two of these
+//! writes, the delivered and dead counts can be one off; pending and
+//! retrying are counted again from `o` at start-up.
 
 use super::records::{self, AttemptDetail, AttemptRec, DeliveryRec, OpenRec};
-use super::{counts, lock, Attempt, Books, CdrMeta, Delivery, Journal, JournalError, Result};
+use super::{counts, lock, Attempt, Books, CdrMeta, Delivery, Journal, JournalError, Ops, Result};
 use crate::model::{DeliveryId, State, Trigger};
 use crate::time::now_ms;
 
-/// Puts a delivery's record and its open-index entry into `batch`.
-fn put_delivery(batch: &mut sled::Batch, id: DeliveryId, d: &DeliveryRec) {
+/// Puts a delivery's record and its open-index entry into `batch`: the
+/// record first, so an open-index entry always has its delivery.
+fn put_delivery(batch: &mut Ops, id: DeliveryId, d: &DeliveryRec) {
     batch.insert(&records::key(records::K_DELIVERY, id)[..], d.encode());
     let open = records::key(records::K_OPEN, id);
     if d.state.is_open() {
@@ -69,7 +73,7 @@ impl Journal {
                 }
             }
             new.attempts = new.attempts.max(old.as_ref().map_or(0, |o| o.attempts));
-            let mut batch = sled::Batch::default();
+            let mut batch = Ops::default();
             let rec = AttemptRec {
                 delivery_id: updated.id,
                 cdr_seq: updated.cdr_seq,
@@ -130,10 +134,10 @@ impl Journal {
         &self,
         h: &super::Handles,
         books: std::sync::MutexGuard<'_, Books>,
-        batch: sled::Batch,
+        batch: Ops,
         context: &'static str,
     ) -> Result<()> {
-        match self.apply(h, batch, context) {
+        match self.apply_in_order(h, batch, context) {
             Ok(()) => Ok(()),
             Err(e) => {
                 drop(books);
@@ -161,7 +165,7 @@ impl Journal {
             new.next_at_ms = None;
             new.ended_ms = Some(now);
             new.last_error = Some(error.to_string());
-            let mut batch = sled::Batch::default();
+            let mut batch = Ops::default();
             put_delivery(&mut batch, id, &new);
             recount(&mut books, Some(&old), &new);
             let c = books.counts_mut(new.sub);
@@ -213,7 +217,7 @@ impl Journal {
             last_error: None,
         };
         rec.deliveries.push(id);
-        let mut batch = sled::Batch::default();
+        let mut batch = Ops::default();
         batch.insert(&records::key(records::K_CDR, cdr.seq)[..], rec.encode());
         put_delivery(&mut batch, id, &d);
         recount(&mut books, None, &d);
