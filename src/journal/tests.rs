@@ -640,6 +640,17 @@ fn start_up_reads_the_counts_and_the_open_index_not_every_delivery() {
                 .insert(records::key(records::K_DELIVERY, *id), &[0xff][..])
                 .expect("damage");
         }
+        // A pending count left wrong (a crash between an attempt's writes)
+        // is counted again from the open index.
+        let wrong = records::CountsRec {
+            pending: 99,
+            delivered: 1,
+            dead: 1,
+            ..Default::default()
+        };
+        h.tree
+            .insert(records::counts_key(0), wrong.encode())
+            .expect("damage");
         j.flush().expect("flush");
         ids[2]
     };
