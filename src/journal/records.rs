@@ -2,8 +2,8 @@
 //! layout of every record. Pure functions, no sled: what is written here is
 //! what ARCHITECTURE.md and README's "Journal" section describe.
 //!
-//! Everything lives in one sled tree, so that a record and what counts or
-//! indexes it go into the same atomic batch. A key is a one-byte kind and
+//! Everything lives in one sled tree, so that an ingest's records, indexes
+//! and counts go into one atomic batch. A key is a one-byte kind and
 //! big-endian numbers, so sled's order is id order within a kind:
 //!
 //! | key                       | value                                    |
