@@ -16,7 +16,7 @@
 # there. A crash leaves its input in fuzz/artifacts/TARGET/ and makes this
 # script exit 1 after the remaining targets have run; reproduce it with
 #   RUSTC_BOOTSTRAP=1 cargo fuzz run TARGET fuzz/artifacts/TARGET/crash-...
-# and add it to tests/fuzz_regressions.rs.
+# and add it to tests/it/fuzz_regressions.rs.
 #
 # cargo-fuzz passes -Z flags to rustc, which a stable toolchain refuses;
 # RUSTC_BOOTSTRAP=1 lets stable accept them (no nightly needed).

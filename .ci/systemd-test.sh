@@ -458,6 +458,14 @@ if cx journalctl -u cdrhook -o cat --no-pager | grep -i refused | grep -q bogus_
 else
     fail "journalctl -u cdrhook does not say why the reload was refused (bogus_key_for_ci)"
 fi
+# The file watcher sees the edit too, so the lines above could come from it
+# alone: the reload command's own error line (ExecReload's stderr, "cdrhook:
+# ..." at err) shows that systemctl reload itself asked and was told why.
+if cx journalctl -u cdrhook -o cat --no-pager -p 0..3 | grep '^cdrhook: ' | grep -q bogus_key_for_ci; then
+    pass "ExecReload's cdrhook reload printed the refusal at err: $(cx journalctl -u cdrhook -o cat --no-pager -p 0..3 | grep '^cdrhook: ' | grep bogus_key_for_ci | tail -n 1)"
+else
+    fail "no 'cdrhook: ...bogus_key_for_ci' line at err from ExecReload's cdrhook reload: systemctl reload may not have asked the daemon"
+fi
 check "after the refused reload: still active (running)" wait_until 10 running
 drop r2 ci-r2
 check "after the refused reload, the old config keeps delivering (to /b)" wait_got /b 20 ci-r2

@@ -13,9 +13,9 @@
 //! `cargo bench --bench daemon -- --large` for the large-CDR drains alone.
 //! Results are printed as a Markdown table for BENCHMARKS.md.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,8 +67,8 @@ fn opts() -> Opts {
     o
 }
 
-/// A minimal keep-alive HTTP/1.1 receiver that counts requests per path and
-/// notes when each CallId arrived.
+/// The webhook receiver (benches/common): counts requests and notes when
+/// each CallId arrived.
 struct Receiver {
     port: u16,
     count: Arc<AtomicU64>,
@@ -77,70 +77,21 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
-        let port = listener.local_addr().expect("addr").port();
         let count = Arc::new(AtomicU64::new(0));
         let arrivals = Arc::new(Mutex::new(HashMap::new()));
         let (c, a) = (count.clone(), arrivals.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (c, a) = (c.clone(), a.clone());
-                std::thread::spawn(move || serve(stream, c, a));
+        let port = common::start_receiver(move |_path, body| {
+            let now = Instant::now();
+            // The bench's CDRs carry "CallId":"bench-N" near the start.
+            if let Some(id) = call_id(body) {
+                a.lock().expect("arrivals").entry(id).or_insert(now);
             }
+            c.fetch_add(1, Ordering::Relaxed);
         });
         Receiver {
             port,
             count,
             arrivals,
-        }
-    }
-}
-
-fn serve(stream: TcpStream, count: Arc<AtomicU64>, arrivals: Arc<Mutex<HashMap<String, Instant>>>) {
-    let _ = stream.set_nodelay(true);
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        let mut length = 0usize;
-        let mut first = true;
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if first {
-                first = false;
-                continue;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let now = Instant::now();
-        // The bench's CDRs carry "CallId":"bench-N" near the start.
-        if let Some(id) = call_id(&body) {
-            arrivals.lock().expect("arrivals").entry(id).or_insert(now);
-        }
-        count.fetch_add(1, Ordering::Relaxed);
-        if writer
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .is_err()
-        {
-            return;
         }
     }
 }

@@ -13,9 +13,10 @@
 //!
 //! `cargo bench --bench operator` (defaults); `-- --cdrs 20000` for a quick look.
 
+mod common;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,7 +42,7 @@ fn cdrs_wanted() -> usize {
         .unwrap_or(100_000)
 }
 
-/// A keep-alive HTTP/1.1 receiver answering 200, counting POSTs per path.
+/// The webhook receiver (benches/common), counting POSTs per path.
 struct Receiver {
     port: u16,
     counts: Arc<Mutex<HashMap<String, u64>>>,
@@ -50,16 +51,15 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
-        let port = listener.local_addr().expect("addr").port();
         let counts = Arc::new(Mutex::new(HashMap::new()));
         let total = Arc::new(AtomicU64::new(0));
         let (c, t) = (counts.clone(), total.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (c, t) = (c.clone(), t.clone());
-                std::thread::spawn(move || serve(stream, c, t));
-            }
+        let port = common::start_receiver(move |path, _body| {
+            *c.lock()
+                .expect("counts")
+                .entry(path.to_string())
+                .or_default() += 1;
+            t.fetch_add(1, Ordering::Relaxed);
         });
         Receiver {
             port,
@@ -75,49 +75,6 @@ impl Receiver {
             .get(path)
             .copied()
             .unwrap_or(0)
-    }
-}
-
-fn serve(stream: TcpStream, counts: Arc<Mutex<HashMap<String, u64>>>, total: Arc<AtomicU64>) {
-    let _ = stream.set_nodelay(true);
-    let Ok(mut writer) = stream.try_clone() else {
-        return;
-    };
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        let (mut length, mut path) = (0usize, String::new());
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-            if line == "\r\n" {
-                break;
-            }
-            if path.is_empty() {
-                path = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                continue;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        *counts.lock().expect("counts").entry(path).or_default() += 1;
-        total.fetch_add(1, Ordering::Relaxed);
-        if writer
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-            .is_err()
-        {
-            return;
-        }
     }
 }
 

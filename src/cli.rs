@@ -1,6 +1,9 @@
 //! The command line (SPEC §5): `cdrhook run` starts the daemon; every other
 //! subcommand but `check-config` asks the running daemon over the control
-//! socket and prints a table, or one JSON document with `--json`.
+//! socket and prints a table, or one JSON document with `--json`. Each
+//! subcommand becomes one typed command of `control::cmd`, and its answer
+//! is read into that command's response type: the table and the JSON come
+//! from the same type the daemon sent.
 //!
 //! Exit codes: 0 success, 1 the daemon reports an error (or a send failed),
 //! 2 bad usage, 3 no daemon answers.
@@ -11,12 +14,19 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
-use crate::cmd;
 use crate::config::{self, EventType};
-use crate::control::client::{self, ClientError};
-use crate::control::protocol::{AttemptsQuery, Request};
+use crate::control::client::{self, ClientError, Reply};
+use crate::control::cmd::attempts::{self, Attempts};
+use crate::control::cmd::reload::Reload;
+use crate::control::cmd::replay::Replay;
+use crate::control::cmd::resend::{Resend, ResendFailed};
+use crate::control::cmd::show::Show;
+use crate::control::cmd::status::Status;
+use crate::control::cmd::test::Test;
+use crate::control::cmd::{self, BadId, Command as ControlCommand};
+use crate::control::protocol;
 use crate::logging;
-use crate::time::{now_ms, parse_since, rfc3339};
+use crate::time::{now_ms, parse_since, rfc3339, BadTime};
 
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_ERROR: i32 = 1;
@@ -84,7 +94,7 @@ pub enum Command {
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
         /// At most N attempts
-        #[arg(long, value_name = "N", default_value_t = cmd::attempts::DEFAULT_LIMIT)]
+        #[arg(long, value_name = "N", default_value_t = attempts::DEFAULT_LIMIT)]
         limit: usize,
     },
     /// One attempt or delivery in full: headers (secrets masked), response, the CDR
@@ -156,8 +166,8 @@ pub fn main() -> i32 {
         Command::CheckConfig { ref path } => {
             check_config(path.as_deref().unwrap_or(&config_path), cli.json)
         }
-        ref other => match request_for(other) {
-            Ok(request) => ask(&cli, &config_path, &request),
+        _ => match run_command(&cli, &config_path) {
+            Ok(code) => code,
             Err(e) => {
                 eprintln!("cdrhook: {e}");
                 EXIT_USAGE
@@ -166,13 +176,26 @@ pub fn main() -> i32 {
     }
 }
 
-fn since_arg(text: &str) -> Result<String, String> {
+fn since_arg(text: &str) -> Result<String, BadTime> {
     parse_since(text, now_ms()).map(rfc3339)
 }
 
-fn request_for(command: &Command) -> Result<Request, String> {
-    Ok(match command {
-        Command::Status => Request::Status {},
+/// A command line the daemon should not even be asked (exit code 2).
+#[derive(Debug, thiserror::Error)]
+enum UsageError {
+    #[error(transparent)]
+    Time(#[from] BadTime),
+    #[error(transparent)]
+    Id(#[from] BadId),
+    #[error("--event-type {0:?}: expected one of {1}")]
+    EventType(String, String),
+}
+
+/// Builds the command's request, checks what can be checked here, asks the
+/// daemon and prints the typed answer; returns the exit code.
+fn run_command(cli: &Cli, config_path: &Path) -> Result<i32, UsageError> {
+    match &cli.command {
+        Command::Status => ask(cli, config_path, Status {}),
         Command::Attempts {
             subscription,
             failed,
@@ -183,24 +206,28 @@ fn request_for(command: &Command) -> Result<Request, String> {
         } => {
             if let Some(t) = event_type {
                 if EventType::parse(t).is_none() {
-                    return Err(format!(
-                        "--event-type {t:?}: expected one of {}",
-                        EventType::ALL.map(|e| e.as_str()).join(", ")
+                    return Err(UsageError::EventType(
+                        t.clone(),
+                        EventType::ALL.map(|e| e.as_str()).join(", "),
                     ));
                 }
             }
-            Request::Attempts(AttemptsQuery {
-                subscription: subscription.clone(),
-                failed: *failed,
-                call_id: call_id.clone(),
-                event_type: event_type.clone(),
-                since: since.as_deref().map(since_arg).transpose()?,
-                limit: Some(*limit),
-            })
+            ask(
+                cli,
+                config_path,
+                Attempts {
+                    subscription: subscription.clone(),
+                    failed: *failed,
+                    call_id: call_id.clone(),
+                    event_type: event_type.clone(),
+                    since: since.as_deref().map(since_arg).transpose()?,
+                    limit: Some(*limit),
+                },
+            )
         }
         Command::Show { id } => {
             cmd::parse_id(id)?;
-            Request::Show { id: id.clone() }
+            ask(cli, config_path, Show { id: id.clone() })
         }
         Command::Resend {
             ids,
@@ -209,32 +236,43 @@ fn request_for(command: &Command) -> Result<Request, String> {
             since,
         } => {
             if *failed {
-                Request::ResendFailed {
-                    subscription: subscription.clone(),
-                    since: since.as_deref().map(since_arg).transpose()?,
-                }
+                ask(
+                    cli,
+                    config_path,
+                    ResendFailed {
+                        subscription: subscription.clone(),
+                        since: since.as_deref().map(since_arg).transpose()?,
+                    },
+                )
             } else {
                 for id in ids {
                     cmd::parse_id(id)?;
                 }
-                Request::Resend { ids: ids.clone() }
+                ask(cli, config_path, Resend { ids: ids.clone() })
             }
         }
         Command::Replay {
             subscription,
             since,
-        } => Request::Replay {
-            subscription: subscription.clone(),
-            since: since_arg(since)?,
-        },
-        Command::Test { subscription } => Request::Test {
-            subscription: subscription.clone(),
-        },
-        Command::Reload => Request::Reload {},
-        Command::Run | Command::CheckConfig { .. } => {
-            return Err("internal: not a control command".into())
-        }
-    })
+        } => ask(
+            cli,
+            config_path,
+            Replay {
+                subscription: subscription.clone(),
+                since: since_arg(since)?,
+            },
+        ),
+        Command::Test { subscription } => ask(
+            cli,
+            config_path,
+            Test {
+                subscription: subscription.clone(),
+            },
+        ),
+        Command::Reload => ask(cli, config_path, Reload {}),
+        // Handled in `main`.
+        Command::Run | Command::CheckConfig { .. } => Ok(EXIT_USAGE),
+    }
 }
 
 /// `--socket`, else `control.socket` read leniently from the config (so an
@@ -254,10 +292,24 @@ fn socket_path(cli: &Cli, config_path: &Path) -> PathBuf {
     from_config.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
-fn ask(cli: &Cli, config_path: &Path, request: &Request) -> i32 {
+/// Asks the daemon; prints its answer (the table, or with `--json` the
+/// response type as JSON); returns the exit code.
+fn ask<C: ControlCommand>(cli: &Cli, config_path: &Path, command: C) -> Result<i32, UsageError> {
+    Ok(exchange(cli, config_path, command))
+}
+
+fn exchange<C: ControlCommand>(cli: &Cli, config_path: &Path, command: C) -> i32 {
     let socket = socket_path(cli, config_path);
-    let response = match client::call(&socket, request) {
-        Ok(r) => r,
+    let response = match client::call(&socket, command) {
+        Ok(Reply::Ok(r)) => r,
+        Ok(Reply::Refused(message)) => {
+            if cli.json {
+                println!("{}", protocol::error(message));
+            } else {
+                logging::eprint_error(&message);
+            }
+            return EXIT_ERROR;
+        }
         Err(e @ ClientError::NoDaemon { .. }) => {
             // The socket is 0660 in a 0750 directory: for a user outside
             // group cdrhook, the daemon is there but out of reach.
@@ -277,40 +329,17 @@ fn ask(cli: &Cli, config_path: &Path, request: &Request) -> i32 {
             return EXIT_ERROR;
         }
     };
-    if response["ok"].as_bool() != Some(true) {
-        let message = response["error"].as_str().unwrap_or("unknown error");
-        if cli.json {
-            println!("{response}");
-        } else {
-            logging::eprint_error(message);
-        }
-        return EXIT_ERROR;
-    }
-    let result = &response["result"];
     if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(result).unwrap_or_default()
-        );
+        // Through a `Value`: keys in sorted order, as the daemon sends them.
+        let v = serde_json::to_value(&response).unwrap_or(Value::Null);
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        print!("{}", render(request, result));
+        print!("{}", C::render(&response));
     }
-    if result.get("ok").and_then(Value::as_bool) == Some(false) {
-        EXIT_ERROR
-    } else {
+    if C::succeeded(&response) {
         EXIT_OK
-    }
-}
-
-fn render(request: &Request, result: &Value) -> String {
-    match request {
-        Request::Status {} => cmd::status::render(result),
-        Request::Attempts(_) => cmd::attempts::render(result),
-        Request::Show { .. } => cmd::show::render(result),
-        Request::Resend { .. } | Request::ResendFailed { .. } => cmd::resend::render(result),
-        Request::Replay { .. } => cmd::replay::render(result),
-        Request::Test { .. } => cmd::test::render(result),
-        Request::Reload {} => cmd::reload::render(result),
+    } else {
+        EXIT_ERROR
     }
 }
 

@@ -1,29 +1,29 @@
 //! cdrhook: delivers contact-center CDR files from a spool directory to
 //! webhook subscriptions, durably. See ARCHITECTURE.md for the map.
+//!
+//! Modules in pipeline order; each uses only those before it (and the
+//! helpers at the end): `config` → `intake` → `journal` →
+//! `delivery` → `control` → `daemon`; `cli` is the front. Helpers:
+//! `redact`, `time`, `logging`, `locks`, `shutdown`.
 
-pub mod cdr;
 pub mod cli;
-pub mod cmd;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod delivery;
+pub mod intake;
 pub mod journal;
+pub mod locks;
 pub mod logging;
 pub mod model;
 pub mod redact;
-pub mod reload;
-pub mod server;
 pub mod shutdown;
-pub mod spool;
 pub mod time;
-pub mod watchdog;
+
+/// The parser kept at its old path for the journal, the fuzzer and the tests.
+pub use intake::parse as cdr;
 
 use std::path::Path;
-
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-use tokio::sync::{mpsc, oneshot};
-
-use server::Signal;
 
 /// glibc gives each thread that allocates concurrently its own arena, up to
 /// eight per core, and each keeps its freed memory: with the delivery
@@ -57,45 +57,14 @@ pub fn run_daemon(config_path: &Path) -> i32 {
             return cli::EXIT_ERROR;
         }
     };
-    let (signal_tx, signal_rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let mut signals =
-        match signal_hook::iterator::Signals::new([SIGHUP, SIGUSR1, SIGUSR2, SIGTERM, SIGINT]) {
-            Ok(s) => s,
-            Err(e) => {
-                logging::eprint_error(&format!("cannot install signal handlers: {e}"));
-                return cli::EXIT_ERROR;
-            }
-        };
-    let spawned = std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let mut stop = Some(stop_tx);
-            for signal in signals.forever() {
-                let forwarded = match signal {
-                    SIGHUP => Some(Signal::Reload),
-                    SIGUSR1 => Some(Signal::ResendFailed),
-                    SIGUSR2 => Some(Signal::LogStatus),
-                    _ => {
-                        if let Some(stop) = stop.take() {
-                            log::info!("signal {signal}: shutting down");
-                            let _ = stop.send(());
-                        }
-                        None
-                    }
-                };
-                if let Some(s) = forwarded {
-                    let _ = signal_tx.send(s);
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        logging::eprint_error(&format!("cannot start the signal thread: {e}"));
-        return cli::EXIT_ERROR;
-    }
-    let result = runtime.block_on(server::run(config_path, signal_rx, async {
-        let _ = stop_rx.await;
-    }));
+    let (signals, shutdown) = match daemon::signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            logging::eprint_error(&e.to_string());
+            return cli::EXIT_ERROR;
+        }
+    };
+    let result = runtime.block_on(daemon::run(config_path, signals, shutdown));
     // Blocking threads still in a request past the grace period are not
     // waited for: their deliveries are open in the journal.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -110,5 +79,81 @@ pub fn run_daemon(config_path: &Path) -> i32 {
             }
             cli::EXIT_ERROR
         }
+    }
+}
+
+/// The dependency rule (ARCHITECTURE.md), checked on the source: a stage
+/// uses only the stages before it, and nothing uses the daemon.
+#[cfg(test)]
+mod layering {
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file under `dir`, with its text up to its unit tests.
+    fn sources(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
+        let entries = std::fs::read_dir(dir).expect("read src");
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("read source");
+                let code = match text.find("#[cfg(test)]") {
+                    Some(at) => text[..at].to_string(),
+                    None => text,
+                };
+                // Doc comments may name any module.
+                let code: String = code
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("//"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                out.push((path, code));
+            }
+        }
+    }
+
+    #[test]
+    fn dependencies_point_one_way() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        assert!(files.len() > 20, "found {} files", files.len());
+        // (files under this prefix, may not name these modules)
+        let rules: &[(&str, &[&str])] = &[
+            (
+                "config",
+                &[
+                    "cdr", "spool", "intake", "journal", "delivery", "control", "daemon", "cli",
+                ],
+            ),
+            ("cdr", &["control", "daemon", "cli"]),
+            ("spool", &["control", "daemon", "cli"]),
+            ("intake", &["control", "daemon", "cli"]),
+            ("journal", &["control", "daemon", "cli"]),
+            ("delivery", &["control", "daemon", "cli"]),
+            ("control", &["daemon", "cli"]),
+            ("cli", &["daemon"]),
+        ];
+        let mut broken = Vec::new();
+        for (path, code) in &files {
+            let rel = path.strip_prefix(&src).expect("under src");
+            let first = rel.components().next().expect("a component");
+            let module = first.as_os_str().to_string_lossy();
+            let module = module.trim_end_matches(".rs");
+            for (owner, forbidden) in rules {
+                if module != *owner {
+                    continue;
+                }
+                for f in *forbidden {
+                    if code.contains(&format!("crate::{f}::"))
+                        || code.contains(&format!("crate::{f};"))
+                        || code.contains(&format!("crate::{{{f}"))
+                    {
+                        broken.push(format!("{} uses crate::{f}", rel.display()));
+                    }
+                }
+            }
+        }
+        assert!(broken.is_empty(), "{broken:#?}");
     }
 }

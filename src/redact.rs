@@ -167,6 +167,59 @@ pub fn readable_by_all(mode: u32) -> bool {
     mode & 0o004 != 0
 }
 
+/// A file's mode and group, as read from the very file opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileAccess {
+    pub mode: u32,
+    pub gid: u32,
+}
+
+impl FileAccess {
+    pub fn of(meta: &std::fs::Metadata) -> FileAccess {
+        use std::os::unix::fs::MetadataExt as _;
+        FileAccess {
+            mode: meta.mode(),
+            gid: meta.gid(),
+        }
+    }
+
+    /// Who besides its owner and `trusted_gid` may read the file, as a
+    /// phrase and the command that fixes it; `None` when nobody else may.
+    /// The way ssh treats a private key with loose permissions.
+    pub fn loose(&self, trusted_gid: u32, path: &std::path::Path) -> Option<String> {
+        let mode = self.mode & 0o7777;
+        let path = path.display();
+        if readable_by_all(self.mode) {
+            Some(format!(
+                "can be read by every user (mode {mode:04o}): run `chmod o-r {path}`"
+            ))
+        } else if self.mode & 0o040 != 0 && self.gid != trusted_gid {
+            Some(format!(
+                "can be read by group {}, not only group cdrhook (mode {mode:04o}): run \
+                 `chgrp cdrhook {path}` or `chmod g-r {path}`",
+                self.gid
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// The group allowed to read cdrhook's secrets: `cdrhook` where it exists
+/// (what the package creates), else the group this process runs as.
+pub fn trusted_gid() -> u32 {
+    // SAFETY: getgrnam returns a pointer into static storage or null; the
+    // gid is copied out at once, and nothing else here calls getgr*.
+    unsafe {
+        let group = libc::getgrnam(c"cdrhook".as_ptr());
+        if group.is_null() {
+            libc::getegid()
+        } else {
+            (*group).gr_gid
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +291,32 @@ mod tests {
             assert_eq!(r.scrub(text), want, "{text}");
         }
         assert!(!format!("{r:?}").contains("tok-123456"));
+    }
+
+    #[test]
+    fn readers_beyond_the_owner_and_the_trusted_group_are_loose() {
+        const TRUSTED: u32 = 990;
+        let path = std::path::Path::new("/etc/cdrhook/hook.secret");
+        // (mode, file's group, what is said)
+        for (mode, gid, said) in [
+            (0o100600, 4, None),
+            (0o100640, TRUSTED, None),
+            (0o100640, 4, Some("can be read by group 4")),
+            (0o100660, 4, Some("can be read by group 4")),
+            (0o100604, TRUSTED, Some("can be read by every user")),
+            (0o100644, TRUSTED, Some("can be read by every user")),
+            (0o100620, 4, None),
+        ] {
+            let got = FileAccess { mode, gid }.loose(TRUSTED, path);
+            match said {
+                None => assert_eq!(got, None, "{mode:o} gid {gid}"),
+                Some(phrase) => {
+                    let got = got.unwrap_or_else(|| panic!("{mode:o} gid {gid}: no warning"));
+                    assert!(got.starts_with(phrase), "{mode:o} gid {gid}: {got}");
+                    assert!(got.contains("/etc/cdrhook/hook.secret"), "{got}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -31,17 +31,22 @@ pub fn local(ms: u64) -> String {
 
 /// Parses a TIME argument: RFC 3339, or a duration back from `now_ms`
 /// (`2h`, `30m`, `7d`). Returns Unix milliseconds.
-pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
+pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, BadTime> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.timestamp_millis().max(0) as u64);
     }
     match humantime::parse_duration(text) {
         Ok(d) => Ok(now_ms.saturating_sub(d.as_millis() as u64)),
-        Err(_) => Err(format!(
-            "{text:?} is neither an RFC 3339 time (2026-11-21T08:00:00Z) nor a duration back from now (2h, 30m, 7d)"
-        )),
+        Err(_) => Err(BadTime(text.to_string())),
     }
 }
+
+/// A TIME argument that is neither form [`parse_since`] takes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} is neither an RFC 3339 time (2026-11-21T08:00:00Z) nor a duration back from now (2h, 30m, 7d)"
+)]
+pub struct BadTime(pub String);
 
 #[cfg(test)]
 mod tests {

@@ -1,12 +1,12 @@
-//! The command line's side of the control socket.
+//! The command line's side of the control socket: sends one command and
+//! reads its typed response.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use serde_json::Value;
-
-use super::protocol::Request;
+use super::cmd::Command;
+use super::protocol::{Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -17,8 +17,35 @@ pub enum ClientError {
     Protocol { path: String, reason: String },
 }
 
-/// Sends one request and returns the daemon's response object.
-pub fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
+/// What the daemon answered to a command.
+pub enum Reply<T> {
+    Ok(T),
+    /// The daemon refused or failed the command; the message says why.
+    Refused(String),
+}
+
+/// Sends one command and returns the daemon's typed answer.
+pub fn call<C: Command>(socket: &Path, command: C) -> Result<Reply<C::Response>, ClientError> {
+    let path = socket.display().to_string();
+    let protocol = |reason: String| ClientError::Protocol {
+        path: path.clone(),
+        reason,
+    };
+    let response = exchange(socket, &command.into())?;
+    match response {
+        Response {
+            ok: true, result, ..
+        } => serde_json::from_value(result.unwrap_or(serde_json::Value::Null))
+            .map(Reply::Ok)
+            .map_err(|e| protocol(format!("bad response: {e}"))),
+        Response { error, .. } => Ok(Reply::Refused(
+            error.unwrap_or_else(|| "unknown error".to_string()),
+        )),
+    }
+}
+
+/// Sends one request line and reads one response line.
+fn exchange(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let path = socket.display().to_string();
     let mut stream = UnixStream::connect(socket).map_err(|e| ClientError::NoDaemon {
         path: path.clone(),

@@ -1,144 +1,22 @@
-//! The control socket: a Unix stream socket (mode 0660) that the command
-//! line talks to. This module owns the socket file (binding, refusing to
-//! start beside a live daemon, removing a stale one) and the connection
-//! loop; what each request does lives in `cmd`.
+//! The control side door: the Unix socket an operator's `cdrhook` command
+//! talks to, and what the daemon does for each command.
+//!
+//! - `socket`: binding (refusing a second daemon, replacing a stale file),
+//!   the connection loop, the 64 KiB request limit;
+//! - `protocol`: the typed line protocol (SPEC §7), shared with the CLI;
+//! - `client`: the command line's side;
+//! - `cmd/`: one file per command (request type, response type, `apply`,
+//!   `render`) and `lane.rs`, where their blocking work runs.
+//!
+//! Control sits after config, intake (spool), journal and delivery in the
+//! pipeline and may use them; it never depends on `crate::daemon`. A
+//! command is applied with [`Handles`], the few parts it acts on.
 
 pub mod client;
+pub mod cmd;
+mod handles;
 pub mod protocol;
+pub mod socket;
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
-use std::sync::Arc;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-
-use crate::server::Daemon;
-use crate::shutdown::Shutdown;
-
-/// Binds the control socket. A socket file that a live daemon answers on
-/// means another cdrhook runs with this config: refuse. One nobody answers
-/// on is a leftover from a crash: replace it.
-pub fn bind(path: &Path) -> Result<UnixListener, String> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(format!(
-                "control.socket {} exists and is not a socket; refusing to replace it",
-                path.display()
-            ));
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another cdrhook is already running: it answers on {}",
-                path.display()
-            ));
-        }
-        std::fs::remove_file(path)
-            .map_err(|e| format!("removing stale socket {}: {e}", path.display()))?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    // The socket is created with the process umask; tighten it first so
-    // there is no moment where others could connect, then set 0660 exactly.
-    // SAFETY: umask only swaps the process's file creation mask.
-    let old = unsafe { libc::umask(0o117) };
-    let listener = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
-    let listener = listener.map_err(|e| format!("control.socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| format!("control.socket {}: {e}", path.display()))?;
-    Ok(listener)
-}
-
-/// Accepts connections until shutdown; each serves requests line by line.
-pub async fn serve(listener: UnixListener, daemon: Arc<Daemon>, mut shutdown: Shutdown) {
-    loop {
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let daemon = daemon.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = connection(stream, daemon, shutdown).await {
-                            log::debug!("control: connection ended: {e}");
-                        }
-                    });
-                }
-                Err(e) => {
-                    log::warn!("control: accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-}
-
-async fn connection(
-    stream: UnixStream,
-    daemon: Arc<Daemon>,
-    mut shutdown: Shutdown,
-) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    loop {
-        let mut line = Vec::new();
-        let n = tokio::select! {
-            _ = shutdown.recv() => return Ok(()),
-            n = read_line_limited(&mut reader, &mut line) => n?,
-        };
-        if n == 0 {
-            return Ok(());
-        }
-        if line.len() > protocol::MAX_REQUEST {
-            let refused = protocol::error(format!(
-                "request larger than {} bytes refused",
-                protocol::MAX_REQUEST
-            ));
-            crate::cmd::write_line(&mut write, &refused).await?;
-            // The rest of an oversized line is not worth reading.
-            return Ok(());
-        }
-        match protocol::parse(&line) {
-            Ok(request) => crate::cmd::respond(&daemon, request, &mut write).await?,
-            Err(e) => crate::cmd::write_line(&mut write, &protocol::error(e)).await?,
-        }
-    }
-}
-
-/// Reads one line (without its newline) but stops buffering past the limit;
-/// returns bytes consumed, 0 at end of stream.
-async fn read_line_limited(
-    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
-    line: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    let mut consumed = 0;
-    loop {
-        let buf = reader.fill_buf().await?;
-        if buf.is_empty() {
-            return Ok(consumed);
-        }
-        match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => {
-                if line.len() <= protocol::MAX_REQUEST {
-                    line.extend_from_slice(&buf[..i]);
-                }
-                reader.consume(i + 1);
-                return Ok(consumed + i + 1);
-            }
-            None => {
-                let n = buf.len();
-                if line.len() <= protocol::MAX_REQUEST {
-                    line.extend_from_slice(buf);
-                }
-                reader.consume(n);
-                consumed += n;
-                if line.len() > protocol::MAX_REQUEST {
-                    return Ok(consumed);
-                }
-            }
-        }
-    }
-}
+pub use handles::{Handles, SpoolHandle};
+pub use socket::{bind, serve, BindError};

@@ -30,9 +30,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::config::live::{DeliverySettings, LiveConfig};
 use crate::config::Subscription;
 use crate::journal::{Attempt, DeliveryId, Journal, State, Trigger};
-use crate::reload::{DeliverySettings, LiveConfig};
+use crate::locks::lock;
 use crate::time::now_ms;
 
 use queue::{Job, Next, Note, Outcome, Queue, Requested, SubView, Verdict};
@@ -108,16 +109,13 @@ impl Dispatcher {
     }
 
     fn send(&self, name: &str, msg: Msg) {
-        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut workers = lock(&self.workers);
         let tx = workers.entry(name.to_string()).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let worker = Worker::new(name.to_string(), self.ctx.clone());
             let stop = self.stop.subscribe();
             let _guard = self.runtime.enter();
-            self.tasks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .spawn_on(worker.run(rx, stop), &self.runtime);
+            lock(&self.tasks).spawn_on(worker.run(rx, stop), &self.runtime);
             tx
         });
         // A closed worker means we are shutting down; what it would have sent
@@ -133,13 +131,7 @@ impl Dispatcher {
         for sub in subs {
             self.send(&sub.name, Msg::Subscription(Some(Arc::new(sub.clone()))));
         }
-        let known: Vec<String> = self
-            .workers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let known: Vec<String> = lock(&self.workers).keys().cloned().collect();
         for name in known.iter().filter(|n| !listed.contains(n)) {
             self.send(name, Msg::Subscription(None));
         }
@@ -223,7 +215,7 @@ impl Dispatcher {
     /// `grace` has passed.
     pub async fn shutdown(&self, grace: Duration) {
         let _ = self.stop.send(true);
-        let mut tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
         let all = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all).await.is_err() {
             log::warn!("shutdown: attempts still in flight after {grace:?}; they will be retried at the next start");
@@ -259,6 +251,11 @@ struct Finished {
     /// Not before then, even when the queue is released: the endpoint's
     /// `Retry-After`.
     hold_until_ms: Option<u64>,
+    /// A failing answer's `Retry-After`, to an attempt of any trigger: no
+    /// automatic probe of the endpoint before then.
+    endpoint_hold_until_ms: Option<u64>,
+    /// The answer's `Retry-After` could not be read (it is ignored).
+    bad_retry_after: Option<schedule::BadRetryAfter>,
 }
 
 /// The I/O shell around one subscription's [`Queue`]: it feeds the queue
@@ -274,6 +271,9 @@ struct Worker {
     /// the daemon stops: a running batch ends after its current attempt and
     /// hands the rest back, so nothing goes out on a stale definition.
     epoch: Arc<AtomicU64>,
+    /// An unreadable `Retry-After` is worth one warning per subscription,
+    /// not one per attempt of an endpoint that always sends it.
+    warned_bad_retry_after: bool,
 }
 
 impl Worker {
@@ -286,6 +286,7 @@ impl Worker {
             queue: Queue::new(seed),
             in_flight: JoinSet::new(),
             epoch: Arc::new(AtomicU64::new(0)),
+            warned_bad_retry_after: false,
         }
     }
 
@@ -469,7 +470,21 @@ impl Worker {
                 }
             }
         };
-        match self.queue.attempt_ended(id, trigger, outcome, now) {
+        let note = self.queue.attempt_ended(id, trigger, outcome, now);
+        if let Ok(Some(f)) = &result {
+            if let Some(until) = f.endpoint_hold_until_ms.filter(|_| f.endpoint_failing) {
+                self.queue.endpoint_asked_to_wait(until);
+            }
+            if let Some(bad) = &f.bad_retry_after {
+                if !std::mem::replace(&mut self.warned_bad_retry_after, true) {
+                    log::warn!(
+                        "subscription {}: {bad}; waiting per retry_schedule (said once per subscription)",
+                        self.name
+                    );
+                }
+            }
+        }
+        match note {
             Some(Note::EndpointRecovered) => {
                 log::info!("subscription {}: endpoint recovered", self.name)
             }
@@ -595,21 +610,27 @@ fn attempt(
     d.last_error = outcome.error.clone();
     let now = now_ms();
     let mut hold_until_ms = None;
+    let retry_schedule = &ctx.settings().retry_schedule;
+    let (asked, bad_retry_after) = if ok {
+        (None, None)
+    } else {
+        match schedule::retry_after(outcome.status, outcome.retry_after.as_deref(), now) {
+            Ok(asked) => (asked, None),
+            Err(bad) => (None, Some(bad)),
+        }
+    };
+    // The endpoint-wide hold counts for at most twice the schedule's longest
+    // step, as a delivery's own hold counts for at most twice its step.
+    let longest = retry_schedule.iter().max().copied().unwrap_or_default();
+    let endpoint_hold_until_ms = asked
+        .filter(|a| !a.is_zero())
+        .map(|a| now + a.min(longest.saturating_mul(2)).as_millis() as u64);
     if ok {
         d.state = State::Delivered;
         d.next_at_ms = None;
         d.ended_ms = Some(now);
     } else if trigger == Trigger::Auto {
         d.failures += 1;
-        let asked = schedule::retry_after(outcome.status, outcome.retry_after.as_deref(), now)
-            .unwrap_or_else(|e| {
-                log::warn!(
-                    "delivery d{id} to {}: {e}; waiting per retry_schedule",
-                    d.subscription
-                );
-                None
-            });
-        let retry_schedule = &ctx.settings().retry_schedule;
         match schedule::next_wait(retry_schedule, d.failures, asked, random) {
             Some(wait) => {
                 d.state = State::Retrying;
@@ -651,6 +672,8 @@ fn attempt(
     Ok(Some(Finished {
         endpoint_failing: !ok && outcome.endpoint_failing(),
         hold_until_ms: hold_until_ms.filter(|_| d.state == State::Retrying),
+        endpoint_hold_until_ms,
+        bad_retry_after,
         state: d.state,
         next_at_ms: d.next_at_ms,
         attempt,

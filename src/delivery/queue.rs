@@ -20,6 +20,9 @@
 //! - An endpoint failure (no answer, 5xx, 408, 429, a redirect) closes the
 //!   gate: no new delivery starts; one probe at a time goes, when the
 //!   earliest retry is due (or, with no retry left, the oldest pending one).
+//! - A `Retry-After` on a failing answer, to any attempt, holds the whole
+//!   endpoint: no automatic probe starts before it runs out (RFC 9110 means
+//!   the header for the service, not for one request).
 //! - The first answer that is not an endpoint failure (a 2xx, or a 4xx
 //!   refusing one CDR) opens the gate and releases what waited: retries go
 //!   now, except those the endpoint asked to stay away (`Retry-After`) whose
@@ -117,10 +120,9 @@ pub enum Requested<R> {
 }
 
 #[derive(Debug)]
-struct Request<R> {
+struct Request {
     id: DeliveryId,
     trigger: Trigger,
-    replies: Vec<R>,
 }
 
 #[derive(Debug)]
@@ -133,7 +135,16 @@ pub struct Queue<R> {
     /// Retrying deliveries whose endpoint asked them to stay away until
     /// then (`Retry-After`): a release does not send them before.
     hold_until: HashMap<DeliveryId, Ms>,
-    requests: VecDeque<Request<R>>,
+    /// Requested attempts not started, in the order asked; each id at
+    /// most once.
+    requests: VecDeque<Request>,
+    /// The operators waiting on each queued request, keyed by delivery: the
+    /// index that makes joining a request O(1), however many are queued (a
+    /// `resend --failed` of 100,000 deliveries queues 100,000).
+    request_replies: HashMap<DeliveryId, Vec<R>>,
+    /// While failing: no automatic probe before then (the endpoint's
+    /// `Retry-After`, to whichever attempt it answered). 0: none.
+    gate_hold_until: Ms,
     /// Deliveries with an attempt handed off and not ended.
     in_flight: HashSet<DeliveryId>,
     /// Hand-offs running (each takes one of `limit` slots).
@@ -151,6 +162,8 @@ impl<R> Queue<R> {
             retry_at: HashMap::new(),
             hold_until: HashMap::new(),
             requests: VecDeque::new(),
+            request_replies: HashMap::new(),
+            gate_hold_until: 0,
             in_flight: HashSet::new(),
             running: 0,
             failing: false,
@@ -214,7 +227,7 @@ impl<R> Queue<R> {
         let mut held: HashSet<DeliveryId> = self.ready.iter().copied().collect();
         held.extend(self.retry_at.keys().copied());
         held.extend(self.in_flight.iter().copied());
-        held.extend(self.requests.iter().map(|r| r.id));
+        held.extend(self.request_replies.keys().copied());
         held
     }
 
@@ -225,15 +238,12 @@ impl<R> Queue<R> {
         if !self.active() {
             return Requested::Refused(reply);
         }
-        if let Some(queued) = self.requests.iter_mut().find(|r| r.id == id) {
-            queued.replies.extend(reply);
+        if let Some(waiting) = self.request_replies.get_mut(&id) {
+            waiting.extend(reply);
             return Requested::Joined;
         }
-        self.requests.push_back(Request {
-            id,
-            trigger,
-            replies: reply.into_iter().collect(),
-        });
+        self.request_replies.insert(id, reply.into_iter().collect());
+        self.requests.push_back(Request { id, trigger });
         Requested::Queued
     }
 
@@ -274,14 +284,16 @@ impl<R> Queue<R> {
                 if self.in_flight.contains(&req.id) {
                     busy_requests.push_back(req);
                 } else {
-                    let job = self.job(req.id, req.trigger, req.replies);
+                    let replies = self.request_replies.remove(&req.id).unwrap_or_default();
+                    let job = self.job(req.id, req.trigger, replies);
                     out.push(self.hand_off(vec![job]));
                 }
                 continue;
             }
             if self.failing {
-                // One probe at a time; the queue waits behind the retry.
-                let probe = if self.running > 0 {
+                // One probe at a time, not before the endpoint's
+                // `Retry-After`; the queue waits behind the retry.
+                let probe = if self.running > 0 || now < self.gate_hold_until {
                     None
                 } else if let Some(id) = self.pop_due_retry(now) {
                     Some(id)
@@ -346,7 +358,27 @@ impl<R> Queue<R> {
         if !self.active() || self.running >= limit.max(1) || (self.failing && self.running > 0) {
             return None;
         }
-        self.retry.first().map(|&(at, _)| at)
+        let retry = self.retry.first().map(|&(at, _)| at);
+        if !self.failing || self.gate_hold_until == 0 {
+            return retry;
+        }
+        // The probe waits for the endpoint's hold too; with no retry left it
+        // is the oldest pending delivery, due when the hold runs out.
+        match retry {
+            Some(at) => Some(at.max(self.gate_hold_until)),
+            None if !self.ready.is_empty() => Some(self.gate_hold_until),
+            None => None,
+        }
+    }
+
+    /// The endpoint answered an attempt (of any trigger) with a failure and a
+    /// `Retry-After` asking it to be left alone until `until`: while the gate
+    /// is closed, no automatic probe starts before then. Operator requests
+    /// still go: the operator asked for them.
+    pub fn endpoint_asked_to_wait(&mut self, until: Ms) {
+        if self.failing {
+            self.gate_hold_until = self.gate_hold_until.max(until);
+        }
     }
 
     /// One attempt of a hand-off ended.
@@ -374,6 +406,7 @@ impl<R> Queue<R> {
                     Verdict::EndpointFailing => {
                         if !self.failing {
                             self.failing = true;
+                            self.gate_hold_until = 0;
                             note = Some(Note::EndpointFailing);
                         }
                     }
@@ -404,11 +437,14 @@ impl<R> Queue<R> {
             self.in_flight.remove(&job.id);
             if job.trigger == Trigger::Auto && job.replies.is_empty() {
                 self.ready.push_front(job.id);
+            } else if let Some(waiting) = self.request_replies.get_mut(&job.id) {
+                // Asked again meanwhile: one request answers both.
+                waiting.extend(job.replies);
             } else {
+                self.request_replies.insert(job.id, job.replies);
                 self.requests.push_front(Request {
                     id: job.id,
                     trigger: job.trigger,
-                    replies: job.replies,
                 });
             }
         }
@@ -416,7 +452,11 @@ impl<R> Queue<R> {
 
     /// Every reply still waiting (the daemon is stopping).
     pub fn drain_replies(&mut self) -> Vec<R> {
-        self.requests.drain(..).flat_map(|r| r.replies).collect()
+        let mut replies = Vec::new();
+        for request in self.requests.drain(..) {
+            replies.extend(self.request_replies.remove(&request.id).unwrap_or_default());
+        }
+        replies
     }
 
     fn job(&mut self, id: DeliveryId, trigger: Trigger, replies: Vec<R>) -> Job<R> {
@@ -466,6 +506,7 @@ impl<R> Queue<R> {
     /// except a delivery the endpoint told to stay away until later than
     /// `now`, which keeps its time.
     fn release(&mut self, now: Ms) {
+        self.gate_hold_until = 0;
         let waiting: Vec<(Ms, DeliveryId)> = self
             .retry
             .iter()
@@ -647,6 +688,89 @@ mod tests {
         finish(&mut q, h, 5_100, failed_until(20_000));
         assert!(q.dispatch(19_999, LIMIT).is_empty());
         assert_eq!(ids(&q.dispatch(20_000, LIMIT)), [1]);
+    }
+
+    #[test]
+    fn a_retry_after_holds_the_whole_endpoint_not_only_its_delivery() {
+        // (hold asked, earliest retry due, when the probe may go)
+        let table: [(Ms, Ms, Ms); 3] = [
+            (30_000, 1_000, 30_000), // a later hold wins over an earlier retry
+            (500, 1_000, 1_000),     // an earlier hold changes nothing
+            (0, 1_000, 1_000),       // none asked
+        ];
+        for (hold, due, probe_at) in table {
+            let mut q = queue();
+            q.enqueue([(1, None), (2, None)]);
+            let h = q.dispatch(0, 1);
+            assert_eq!(ids(&h), [1, 2]);
+            // 1 fails with a retry due at `due`; 2's answer asks for `hold`.
+            finish(&mut q, h, 100, failed_until(due));
+            if hold > 0 {
+                q.endpoint_asked_to_wait(hold);
+            }
+            assert_eq!(q.next_wakeup(1), Some(probe_at), "hold {hold}");
+            assert!(q.dispatch(probe_at - 1, 1).is_empty(), "hold {hold}");
+            assert_eq!(q.dispatch(probe_at, 1).len(), 1, "hold {hold}");
+        }
+    }
+
+    #[test]
+    fn a_hold_with_no_retry_left_delays_the_pending_probe_and_ends_on_release() {
+        let mut q = queue();
+        q.enqueue([(1, None)]);
+        let h = q.dispatch(0, LIMIT);
+        // 1 dies on a failing answer that asks to wait until 9,000.
+        finish(&mut q, h, 0, |_| Outcome::Sent {
+            verdict: Verdict::EndpointFailing,
+            next: Next::Ended,
+        });
+        q.endpoint_asked_to_wait(9_000);
+        q.enqueue([(2, None)]);
+        assert!(q.dispatch(8_999, LIMIT).is_empty());
+        assert_eq!(q.next_wakeup(LIMIT), Some(9_000));
+        let h = q.dispatch(9_000, LIMIT);
+        assert_eq!(ids(&h), [2]);
+        // Success opens the gate; a later failure starts without the old hold.
+        finish(&mut q, h, 9_100, delivered);
+        q.enqueue([(3, None)]);
+        let h = q.dispatch(9_100, LIMIT);
+        finish(&mut q, h, 9_200, failed_until(10_000));
+        assert_eq!(q.next_wakeup(LIMIT), Some(10_000));
+    }
+
+    #[test]
+    fn a_hold_asked_while_the_endpoint_answers_is_ignored() {
+        let mut q = queue();
+        q.endpoint_asked_to_wait(50_000);
+        q.enqueue([(1, None)]);
+        assert_eq!(ids(&q.dispatch(0, LIMIT)), [1]);
+    }
+
+    #[test]
+    fn a_hundred_thousand_requests_queue_once_each() {
+        let mut q = queue();
+        let n: DeliveryId = 100_000;
+        for round in 0..3 {
+            for id in 1..=n {
+                let got = q.request(id, Trigger::Resend, None);
+                let want = if round == 0 {
+                    Requested::Queued
+                } else {
+                    Requested::Joined
+                };
+                assert_eq!(got, want, "round {round}, d{id}");
+            }
+        }
+        let mut started = 0;
+        loop {
+            let h = q.dispatch(0, LIMIT);
+            if h.is_empty() {
+                break;
+            }
+            started += h.iter().map(Vec::len).sum::<usize>();
+            finish(&mut q, h, 0, delivered);
+        }
+        assert_eq!(started, n as usize, "each delivery once");
     }
 
     #[test]

@@ -16,6 +16,8 @@ use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::NextTimeout;
 
+use crate::locks::lock;
+
 /// How long an answer is reused. Short enough that a changed DNS record is
 /// followed within a minute.
 const TTL: Duration = Duration::from_secs(60);
@@ -45,7 +47,7 @@ impl Resolver for CachingResolver {
             uri.authority().map(|a| a.as_str()).unwrap_or("")
         );
         {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = lock(&self.cache);
             if let Some((at, addrs)) = cache.get(&key) {
                 if at.elapsed() < TTL {
                     return Ok(addrs.clone());
@@ -53,7 +55,7 @@ impl Resolver for CachingResolver {
             }
         }
         let addrs = self.inner.resolve(uri, config, timeout)?;
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = lock(&self.cache);
         // A handful of endpoints at most; drop stale entries as we go.
         cache.retain(|_, (at, _)| at.elapsed() < TTL);
         cache.insert(key, (Instant::now(), addrs.clone()));
