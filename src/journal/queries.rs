@@ -96,11 +96,23 @@ impl Journal {
         let Some(rec) = self.cdr_rec(&h, seq)? else {
             return Ok(None);
         };
+        // A body of one chunk (most CDRs) is one read, not a range scan.
+        if rec.body_len <= records::BODY_CHUNK as u64 {
+            let body = h
+                .tree
+                .get(records::body_key(seq, 0))
+                .map_err(self.sled_err("read body"))?
+                .map(|b| b.to_vec())
+                .unwrap_or_default();
+            if body.len() as u64 == rec.body_len {
+                return Ok(Some(StoredCdr {
+                    meta: meta_of(seq, &rec),
+                    body,
+                }));
+            }
+        }
         let mut body = Vec::with_capacity(rec.body_len.min(64 << 20) as usize);
-        let mut prefix = Vec::with_capacity(9);
-        prefix.push(records::K_BODY);
-        prefix.extend_from_slice(&seq.to_be_bytes());
-        for item in h.tree.scan_prefix(prefix) {
+        for item in h.tree.scan_prefix(records::key(records::K_BODY, seq)) {
             let (_, chunk) = item.map_err(self.sled_err("read body"))?;
             body.extend_from_slice(&chunk);
         }
