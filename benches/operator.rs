@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use cdrhook::cdr::parse_file;
 use cdrhook::config::Subscription;
+use cdrhook::delivery::route::subscriptions_for;
 use cdrhook::journal::{Attempt, IngestFile, Journal, State, Trigger};
 use cdrhook::time::now_ms;
 
@@ -114,7 +115,9 @@ fn build_journal(path: &Path, sub: &Subscription, n: usize) {
                 identity: None,
             })
             .collect();
-        let out = journal.ingest(&files, &[sub]).expect("ingest");
+        let out = journal
+            .ingest(&files, &|c| subscriptions_for([sub], c))
+            .expect("ingest");
         for (k, (_, id)) in out.new_deliveries.iter().enumerate() {
             let mut d = journal.delivery(*id).expect("read").expect("delivery");
             let dead = (done + k) % 1000 < DEAD_PER_1000;

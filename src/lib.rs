@@ -15,6 +15,7 @@ pub mod intake;
 pub mod journal;
 pub mod locks;
 pub mod logging;
+pub mod model;
 pub mod redact;
 pub mod shutdown;
 pub mod time;

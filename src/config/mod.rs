@@ -122,48 +122,7 @@ const SECRET_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPur
         .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
 
-/// The webhook event types a CDR can have, plus the synthetic test event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum EventType {
-    Queue,
-    Ivr,
-    Agent,
-    Recording,
-    Test,
-}
-
-impl EventType {
-    /// Every event type, in a stable order; what `"*"` stands for.
-    pub const ALL: [EventType; 5] = [
-        EventType::Queue,
-        EventType::Ivr,
-        EventType::Agent,
-        EventType::Recording,
-        EventType::Test,
-    ];
-
-    /// The name used on the wire and in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Queue => "App.QueueWebhook",
-            EventType::Ivr => "App.IvrWebhook",
-            EventType::Agent => "App.AgentWebhook",
-            EventType::Recording => "App.RecordingWebhook",
-            EventType::Test => "App.TestWebhook",
-        }
-    }
-
-    /// Parses an exact (case-sensitive) event type name.
-    pub fn parse(s: &str) -> Option<EventType> {
-        EventType::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-impl fmt::Display for EventType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::model::EventType;
 
 /// The daemon's whole configuration, validated and with defaults filled in.
 #[derive(Debug, Clone, PartialEq, Default)]

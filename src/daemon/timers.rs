@@ -50,10 +50,16 @@ pub async fn prune(journal: Arc<Journal>, live: Arc<LiveConfig>, mut shutdown: S
 /// itself (attempt results): a crash loses at most that second of results,
 /// which only means resending those CDRs. Sleeps while nothing is written.
 pub async fn flush(journal: Arc<Journal>, mut shutdown: Shutdown) {
+    // The journal knows no tokio: it calls back after each such write.
+    let written = Arc::new(tokio::sync::Notify::new());
+    let wake = written.clone();
+    journal.set_on_write(move || wake.notify_one());
+    // Writes made before this point (start-up) are flushed once as well.
+    written.notify_one();
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
-            _ = journal.written() => {}
+            _ = written.notified() => {}
         }
         tokio::select! {
             _ = shutdown.recv() => return,

@@ -17,6 +17,7 @@
 pub mod http;
 pub mod queue;
 mod resolve;
+pub mod route;
 pub mod schedule;
 pub mod sign;
 

@@ -109,7 +109,9 @@ impl Spool {
         // JOURNAL: call site (see the module doc of `intake`).
         let outcome = self
             .journal
-            .ingest(&files, subs)
+            .ingest(&files, &|cdr: &crate::cdr::Cdr| {
+                crate::delivery::route::subscriptions_for(subs.iter().copied(), cdr)
+            })
             .map_err(|e| io::Error::other(e.to_string()))?;
         self.dispatch(outcome);
         Ok(())

@@ -381,9 +381,11 @@ impl Spool {
         if parsed.is_empty() {
             return;
         }
-        let subs: Vec<&crate::config::Subscription> = cfg.subscriptions.iter().collect();
         // JOURNAL: call site (see the module doc of `intake`).
-        let outcome = match self.journal.ingest(&parsed, &subs) {
+        let route = |cdr: &crate::cdr::Cdr| {
+            crate::delivery::route::subscriptions_for(&cfg.subscriptions, cdr)
+        };
+        let outcome = match self.journal.ingest(&parsed, &route) {
             Ok(outcome) => outcome,
             Err(e) => {
                 // Disk full or similar: the files stay in the spool untouched

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::harness::*;
 use cdrhook::cdr::parse_file;
 use cdrhook::config::Subscription;
+use cdrhook::delivery::route::subscriptions_for;
 use cdrhook::journal::{Attempt, IngestFile, Journal, State, Trigger};
 use cdrhook::time::now_ms;
 
@@ -59,7 +60,9 @@ fn build_journal(path: &Path, sub: &Subscription) {
                 identity: None,
             })
             .collect();
-        let out = journal.ingest(&files, &[sub]).expect("ingest");
+        let out = journal
+            .ingest(&files, &|c| subscriptions_for([sub], c))
+            .expect("ingest");
         assert_eq!(out.new_deliveries.len(), n);
         for (k, (_, id)) in out.new_deliveries.iter().enumerate() {
             let mut d = journal.delivery(*id).expect("read").expect("delivery");

@@ -1,0 +1,144 @@
+//! Per-subscription counts and the start-up state. The counts are records
+//! (`n`), written with every change of the deliveries they count (in the
+//! ingest batch; right after the delivery's record for an attempt), so
+//! start-up reads them instead of scanning every delivery; the open
+//! deliveries it resumes, and the pending and retrying counts, come from
+//! the small `o` index.
+
+use super::records::{self, CountsRec, OpenRec};
+use super::{lock, Books, Handles, Journal, OpenDelivery, Result, SubCounts};
+use crate::model::State;
+
+/// Moves one delivery in or out of a state's count.
+pub(super) fn adjust(c: &mut CountsRec, state: State, up: bool) {
+    let n = match state {
+        State::Pending => &mut c.pending,
+        State::Retrying => &mut c.retrying,
+        State::Dead => &mut c.dead,
+        State::Delivered => &mut c.delivered,
+    };
+    if up {
+        *n += 1;
+    } else {
+        *n = n.saturating_sub(1);
+    }
+}
+
+impl Books {
+    /// The counts of subscription number `sub` (created empty).
+    pub(super) fn counts_mut(&mut self, sub: u32) -> &mut CountsRec {
+        let i = sub as usize;
+        if self.counts.len() <= i {
+            self.counts.resize(i + 1, CountsRec::default());
+        }
+        &mut self.counts[i]
+    }
+
+    /// Puts the counts of `sub` as they are now into `out`.
+    pub(super) fn write_counts(&mut self, sub: u32, out: &mut impl super::Put) {
+        let rec = self.counts_mut(sub).encode();
+        out.put(&records::counts_key(sub)[..], rec);
+    }
+}
+
+impl Journal {
+    /// Reads the names, counts and open deliveries: a few records per
+    /// subscription and one per open delivery, whatever the journal holds.
+    pub(super) fn load(&self, h: &Handles) -> Result<Vec<OpenDelivery>> {
+        let mut names: Vec<String> = Vec::new();
+        let mut books = Books::default();
+        for item in h.tree.scan_prefix([records::K_SUB]) {
+            let (k, v) = item.map_err(self.sled_err("read subscriptions"))?;
+            let n = records::Reader::new(&v, "subscription number").u32()?;
+            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            if names.len() <= n as usize {
+                names.resize(n as usize + 1, String::new());
+            }
+            names[n as usize] = name.clone();
+            books.by_name.insert(name, n);
+        }
+        for item in h.tree.scan_prefix([records::K_COUNTS]) {
+            let (k, v) = item.map_err(self.sled_err("read counts"))?;
+            let n = records::Reader::new(&k[1..], "counts key").u32()?;
+            *books.counts_mut(n) = CountsRec::decode(&v)?;
+        }
+        // Pending and retrying are counted again from the open index, which
+        // start-up reads anyway: exact even if a crash fell between the
+        // writes of one attempt (which are not one batch, see `Ops`).
+        for c in &mut books.counts {
+            c.pending = 0;
+            c.retrying = 0;
+        }
+        let mut open = Vec::new();
+        for item in h.tree.scan_prefix([records::K_OPEN]) {
+            let (k, v) = item.map_err(self.sled_err("read open deliveries"))?;
+            let o = OpenRec::decode(&v)?;
+            adjust(books.counts_mut(o.sub), o.state, true);
+            open.push(OpenDelivery {
+                id: records::key_id(&k),
+                subscription: names
+                    .get(o.sub as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", o.sub)),
+                retry_at_ms: (o.state == State::Retrying).then_some(o.next_at_ms),
+                origin: o.origin,
+            });
+        }
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+        *lock(&self.books) = books;
+        Ok(open)
+    }
+
+    /// The number of subscription `name`, given one (and made durable)
+    /// the first time. Callers hold the books.
+    pub(super) fn sub_number(&self, books: &mut Books, h: &Handles, name: &str) -> Result<u32> {
+        if let Some(&n) = books.by_name.get(name) {
+            return Ok(n);
+        }
+        let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+        let n = names.len() as u32;
+        // Before any record that uses it: sled recovers a prefix of its log.
+        h.tree
+            .insert(
+                records::name_key(records::K_SUB, name.as_bytes()),
+                &n.to_be_bytes(),
+            )
+            .map_err(self.sled_err("write subscription"))?;
+        names.push(name.to_string());
+        books.by_name.insert(name.to_string(), n);
+        Ok(n)
+    }
+
+    /// Pending and retrying deliveries found at open, oldest first. Hands
+    /// them over once.
+    pub fn take_open_deliveries(&self) -> Vec<OpenDelivery> {
+        std::mem::take(&mut *lock(&self.open_at_start))
+    }
+
+    /// Counts per subscription name (including subscriptions no longer in
+    /// the config that still have deliveries).
+    pub fn counts(&self) -> std::collections::BTreeMap<String, SubCounts> {
+        let names = self.names.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let books = lock(&self.books);
+        books
+            .counts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let name = names.get(i)?.clone();
+                Some((
+                    name,
+                    SubCounts {
+                        pending: c.pending,
+                        retrying: c.retrying,
+                        dead: c.dead,
+                        delivered: c.delivered,
+                        last_success_ms: c.last_success_ms,
+                        last_failure_ms: c.last_failure_ms,
+                        last_error: c.last_error.clone(),
+                    },
+                ))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,791 @@
+//! The journal's unit tests: real sled databases in temporary directories.
+
+use super::queries::bisect;
+use super::*;
+use crate::cdr::parse_file;
+use crate::config::Subscription;
+use crate::time::now_ms;
+use std::path::Path;
+use std::time::Duration;
+
+/// The routing the daemon does (`delivery::route`), for these tests.
+fn route_to<'a>(subs: &'a [&'a Subscription]) -> impl Fn(&Cdr) -> Vec<String> + 'a {
+    move |cdr| crate::delivery::route::subscriptions_for(subs.iter().copied(), cdr)
+}
+
+fn sub(name: &str) -> Subscription {
+    let yaml = format!(
+        "subscriptions:\n  - name: {name}\n    endpoint: http://127.0.0.1:1/x\n    events: [\"*\"]\n"
+    );
+    let cfg =
+        crate::config::parse(&yaml, Path::new("/tmp/c.yaml"), &|_| None).expect("test config");
+    cfg.subscriptions[0].clone()
+}
+
+fn file(name: &str, body: &str) -> IngestFile {
+    IngestFile {
+        inflight_name: format!("x-{name}"),
+        cdrs: parse_file(body.as_bytes()).expect("cdr"),
+        identity: None,
+    }
+}
+
+/// Opens a journal whose database was just closed: sled's I/O threads can
+/// hold a dropped database's file lock for a moment, so a lock error is
+/// tried again until a deadline; any other outcome is returned.
+fn open_after_close(path: &Path) -> Result<Journal> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Journal::open(path, 8 << 20) {
+            Err(JournalError::Sled {
+                context: "open", ..
+            }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn reopen(path: &Path) -> Journal {
+    open_after_close(path).expect("reopen")
+}
+
+fn open_tmp() -> (tempfile::TempDir, Journal) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+    (dir, j)
+}
+
+fn finish(j: &Journal, id: DeliveryId, state: State) -> Vec<String> {
+    let mut d = j.delivery(id).expect("read").expect("exists");
+    d.state = state;
+    d.attempts += 1;
+    d.ended_ms = Some(now_ms());
+    let status = if state == State::Delivered { 200 } else { 500 };
+    let a = attempt_for(j, &d, status, Trigger::Auto);
+    j.record_attempt(&d, &a).expect("record")
+}
+
+/// An attempt on `d` with this status, numbered `d.attempts`.
+fn attempt_for(j: &Journal, d: &Delivery, status: u16, trigger: Trigger) -> Attempt {
+    Attempt {
+        id: j.next_id().expect("id"),
+        delivery_id: d.id,
+        time_ms: now_ms(),
+        subscription: d.subscription.clone(),
+        event_type: d.event_type.clone(),
+        call_id: d.call_id.clone(),
+        webhook_id: d.cdr_id.clone(),
+        attempt: d.attempts,
+        status: Some(status),
+        error: None,
+        duration_ms: 1,
+        trigger,
+        request_headers: vec![],
+        response_headers: vec![],
+        response_body: None,
+    }
+}
+
+#[test]
+fn ingest_is_idempotent_per_cdr() {
+    let (_d, j) = open_tmp();
+    let (a, b) = (sub("a"), sub("b"));
+    let subs = [&a, &b];
+    let f1 = file("one.json", r#"{"QueueId":"q","CallId":"1"}"#);
+    let out = j
+        .ingest(std::slice::from_ref(&f1), &route_to(&subs))
+        .expect("ingest");
+    assert_eq!(out.new_deliveries.len(), 2);
+    assert_eq!(out.new_cdrs, 1);
+    let again = j.ingest(&[f1], &route_to(&subs)).expect("again");
+    assert!(again.new_deliveries.is_empty());
+    assert_eq!(again.known_cdrs, 1);
+    assert_eq!(j.counts()["a"].pending, 1);
+}
+
+#[test]
+fn open_deliveries_are_found_at_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = sub("a");
+    {
+        let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+        let out = j
+            .ingest(
+                &[
+                    file("1.json", r#"{"QueueId":"1"}"#),
+                    file("2.json", r#"{"QueueId":"2"}"#),
+                ],
+                &route_to(&[&a]),
+            )
+            .expect("ingest");
+        finish(&j, out.new_deliveries[0].1, State::Delivered);
+        j.flush().expect("flush");
+    }
+    let j = reopen(&dir.path().join("j"));
+    let open = j.take_open_deliveries();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].subscription, "a");
+    assert!(j.take_open_deliveries().is_empty(), "handed over once");
+}
+
+#[test]
+fn file_finishes_only_when_every_delivery_ended() {
+    let (_d, j) = open_tmp();
+    let (a, b) = (sub("a"), sub("b"));
+    let out = j
+        .ingest(&[file("f.json", r#"{"IvrId":"i"}"#)], &route_to(&[&a, &b]))
+        .expect("ingest");
+    assert!(out.finished_files.is_empty());
+    let ids: Vec<_> = out.new_deliveries.iter().map(|(_, id)| *id).collect();
+    assert!(finish(&j, ids[0], State::Delivered).is_empty());
+    assert_eq!(
+        finish(&j, ids[1], State::Dead),
+        vec!["x-f.json".to_string()]
+    );
+    let c = j.counts();
+    assert_eq!((c["a"].delivered, c["b"].dead, c["b"].pending), (1, 1, 0));
+    assert_eq!(j.failed_deliveries(None, None).expect("failed").len(), 1);
+}
+
+#[test]
+fn an_array_file_finishes_with_its_last_cdr() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let out = j
+        .ingest(
+            &[file("arr.json", r#"[{"QueueId":"1"},{"QueueId":"2"}]"#)],
+            &route_to(&[&a]),
+        )
+        .expect("ingest");
+    assert_eq!(out.new_deliveries.len(), 2);
+    assert!(finish(&j, out.new_deliveries[0].1, State::Delivered).is_empty());
+    assert_eq!(
+        finish(&j, out.new_deliveries[1].1, State::Delivered),
+        vec!["x-arr.json".to_string()]
+    );
+}
+
+#[test]
+fn a_known_cdr_in_a_new_file_finishes_that_file_at_once() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let body = r#"{"QueueId":"1"}"#;
+    let out = j
+        .ingest(&[file("1.json", body)], &route_to(&[&a]))
+        .expect("ingest");
+    finish(&j, out.new_deliveries[0].1, State::Delivered);
+    let again = j
+        .ingest(&[file("2.json", body)], &route_to(&[&a]))
+        .expect("again");
+    assert_eq!(again.finished_files, vec!["x-2.json".to_string()]);
+    assert!(j
+        .cdrs_finished_by_ids(&file("3.json", body).cdrs)
+        .expect("check"));
+}
+
+#[test]
+fn unmatched_cdr_is_journaled_and_its_file_finished() {
+    let (_d, j) = open_tmp();
+    let out = j
+        .ingest(&[file("u.json", r#"{"QueueId":"q"}"#)], &route_to(&[]))
+        .expect("ingest");
+    assert_eq!(out.unmatched_cdrs, 1);
+    assert_eq!(out.finished_files, vec!["x-u.json".to_string()]);
+    assert_eq!(j.cdrs_since(0).expect("since").len(), 1);
+}
+
+#[test]
+fn replay_creates_a_delivery_once() {
+    let (_d, j) = open_tmp();
+    j.ingest(&[file("u.json", r#"{"QueueId":"q"}"#)], &route_to(&[]))
+        .expect("ingest");
+    let meta = j.cdrs_since(0).expect("since").remove(0);
+    let (d, created) = j
+        .ensure_delivery(&meta, "new", Trigger::Replay)
+        .expect("ensure");
+    assert!(created);
+    let (again, created) = j
+        .ensure_delivery(&meta, "new", Trigger::Replay)
+        .expect("ensure");
+    assert!(!created);
+    assert_eq!(d.id, again.id);
+    assert_eq!(j.counts()["new"].pending, 1);
+}
+
+#[test]
+fn an_open_test_webhook_is_found_at_open_and_can_be_ended_without_an_attempt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal");
+    let id = {
+        let j = Journal::open(&path, 1 << 20).expect("open");
+        let meta = j
+            .put_cdr(&Cdr {
+                id: "t1".into(),
+                event_type: crate::model::EventType::Test,
+                call_id: None,
+                body: b"{}".to_vec(),
+            })
+            .expect("put");
+        let (d, _) = j
+            .ensure_delivery(&meta, "crm", Trigger::Test)
+            .expect("ensure");
+        j.flush().expect("flush");
+        d.id
+    };
+    let j = reopen(&path);
+    let open = j.take_open_deliveries();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].origin, Trigger::Test);
+    let files = j.end_delivery(id, "restarted").expect("end");
+    assert_eq!(files, Some(vec![]), "a test CDR came in no file");
+    let d = j.delivery(id).expect("read").expect("kept");
+    assert_eq!((d.state, d.attempts), (State::Dead, 0));
+    assert_eq!(d.last_error.as_deref(), Some("restarted"));
+    let c = &j.counts()["crm"];
+    assert_eq!((c.pending, c.dead), (0, 1));
+    assert_eq!(c.last_error.as_deref(), Some("restarted"));
+    assert_eq!(
+        j.end_delivery(id, "again").expect("end"),
+        None,
+        "ended once"
+    );
+}
+
+#[test]
+fn prune_keeps_open_deliveries_and_removes_ended_ones() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let out = j
+        .ingest(
+            &[
+                file("1.json", r#"{"QueueId":"1"}"#),
+                file("2.json", r#"{"QueueId":"2"}"#),
+            ],
+            &route_to(&[&a]),
+        )
+        .expect("ingest");
+    finish(&j, out.new_deliveries[0].1, State::Delivered);
+    let stats = j.prune(now_ms() + 1000, 100).expect("prune");
+    assert_eq!(
+        stats,
+        PruneStats {
+            cdrs: 1,
+            deliveries: 1,
+            attempts: 1
+        }
+    );
+    assert!(j.delivery(out.new_deliveries[1].1).expect("read").is_some());
+    assert_eq!(j.counts()["a"].pending, 1);
+    assert_eq!(j.counts()["a"].delivered, 0);
+    assert_eq!(j.cdrs_since(0).expect("since").len(), 1);
+}
+
+#[test]
+fn attempts_are_listed_newest_first_with_filters() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let out = j
+        .ingest(
+            &[
+                file("1.json", r#"{"QueueId":"1","CallId":"c1"}"#),
+                file("2.json", r#"{"QueueId":"2","CallId":"c2"}"#),
+            ],
+            &route_to(&[&a]),
+        )
+        .expect("ingest");
+    finish(&j, out.new_deliveries[0].1, State::Delivered);
+    finish(&j, out.new_deliveries[1].1, State::Dead);
+    let all = j
+        .attempts(&AttemptFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .expect("list");
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].call_id.as_deref(), Some("c2"));
+    let failed = j
+        .attempts(&AttemptFilter {
+            failed: true,
+            limit: 10,
+            ..Default::default()
+        })
+        .expect("failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].status, Some(500));
+    let d = j
+        .delivery(out.new_deliveries[1].1)
+        .expect("read")
+        .expect("d");
+    assert_eq!(j.attempts_of(&d).expect("of").len(), 1);
+}
+
+#[test]
+fn the_same_cdr_twice_in_one_array_is_one_cdr() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let out = j
+        .ingest(
+            &[file("dup.json", r#"[{"QueueId":"1"},{"QueueId":"1"}]"#)],
+            &route_to(&[&a]),
+        )
+        .expect("ingest");
+    assert_eq!(out.new_deliveries.len(), 1);
+    assert_eq!(out.new_cdrs, 1);
+    assert_eq!(
+        finish(&j, out.new_deliveries[0].1, State::Delivered),
+        vec!["x-dup.json".to_string()]
+    );
+}
+
+#[test]
+fn a_stale_copy_never_reopens_an_ended_delivery() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let out = j
+        .ingest(&[file("1.json", r#"{"QueueId":"1"}"#)], &route_to(&[&a]))
+        .expect("ingest");
+    let id = out.new_deliveries[0].1;
+    let mut stale = j.delivery(id).expect("read").expect("d");
+    finish(&j, id, State::Delivered);
+    // A failed resend that read the delivery before it was delivered.
+    stale.state = State::Retrying;
+    stale.next_at_ms = Some(now_ms() + 1000);
+    stale.attempts = 2;
+    let attempt = attempt_for(&j, &stale, 500, Trigger::Resend);
+    j.record_attempt(&stale, &attempt).expect("record");
+    let d = j.delivery(id).expect("read").expect("d");
+    assert_eq!(d.state, State::Delivered);
+    assert_eq!(
+        j.attempts_of(&d).expect("of").len(),
+        2,
+        "both attempts in the history"
+    );
+    assert_eq!(j.counts()["a"].retrying, 0);
+}
+
+#[test]
+fn a_pruned_sibling_does_not_hold_its_file_back() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let out = j
+        .ingest(
+            &[file("arr.json", r#"[{"QueueId":"1"},{"QueueId":"2"}]"#)],
+            &route_to(&[&a]),
+        )
+        .expect("ingest");
+    finish(&j, out.new_deliveries[0].1, State::Delivered);
+    let stats = j.prune(now_ms() + 1000, 100).expect("prune");
+    assert_eq!(stats.cdrs, 1, "the ended one is pruned, the open one kept");
+    assert_eq!(
+        finish(&j, out.new_deliveries[1].1, State::Delivered),
+        vec!["x-arr.json".to_string()]
+    );
+}
+
+#[test]
+fn prune_steps_over_open_cdrs_from_pass_to_pass() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let out = j
+        .ingest(
+            &[
+                file("1.json", r#"{"QueueId":"1"}"#),
+                file("2.json", r#"{"QueueId":"2"}"#),
+                file("3.json", r#"{"QueueId":"3"}"#),
+            ],
+            &route_to(&[&a]),
+        )
+        .expect("ingest");
+    // The oldest stays open; the two after it end.
+    finish(&j, out.new_deliveries[1].1, State::Delivered);
+    finish(&j, out.new_deliveries[2].1, State::Delivered);
+    let cutoff = now_ms() + 1000;
+    let first = j.prune(cutoff, 1).expect("pass 1");
+    assert_eq!(first.cdrs, 0, "pass 1 sees only the open one");
+    let second = j.prune(cutoff, 1).expect("pass 2");
+    assert_eq!(second.cdrs, 1, "pass 2 goes on after it");
+    let third = j.prune(cutoff, 1).expect("pass 3");
+    assert_eq!(third.cdrs, 1);
+    assert_eq!(
+        j.cdrs_since(0).expect("since").len(),
+        1,
+        "the open one stays"
+    );
+}
+
+#[test]
+fn bisection_probes_strictly_between_and_stops_when_adjacent() {
+    for (lo, hi, want) in [
+        (0, 1, None),
+        (5, 5, None),
+        (5, 6, None),
+        (5, 7, Some(6)),
+        (0, 10, Some(5)),
+        (10, 0, None),
+        (u64::MAX - 2, u64::MAX, Some(u64::MAX - 1)),
+    ] {
+        assert_eq!(bisect(lo, hi), want, "{lo}..{hi}");
+    }
+}
+
+/// `n` one-CDR files, each its own ingest batch, for subscription `a`.
+fn ingest_n(j: &Journal, a: &Subscription, n: usize) -> Vec<DeliveryId> {
+    (0..n)
+        .map(|i| {
+            let body = format!(r#"{{"QueueId":"{i}","CallId":"c{i}"}}"#);
+            let out = j
+                .ingest(&[file(&format!("{i}.json"), &body)], &route_to(&[a]))
+                .expect("ingest");
+            out.new_deliveries[0].1
+        })
+        .collect()
+}
+
+#[test]
+fn a_walk_since_a_time_starts_at_the_first_cdr_received_then() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    assert_eq!(j.cdr_range_since(0).expect("empty"), None);
+    ingest_n(&j, &a, 7);
+    std::thread::sleep(Duration::from_millis(5));
+    let cut = now_ms();
+    std::thread::sleep(Duration::from_millis(5));
+    for i in 0..5 {
+        let body = format!(r#"{{"QueueId":"late{i}"}}"#);
+        j.ingest(&[file(&format!("l{i}.json"), &body)], &route_to(&[&a]))
+            .expect("ingest");
+    }
+    let metas = j.cdrs_since(cut).expect("since");
+    assert_eq!(metas.len(), 5, "only the ones after the cut");
+    assert!(metas.iter().all(|m| m.received_ms >= cut));
+    assert!(
+        metas.windows(2).all(|w| w[0].seq < w[1].seq),
+        "oldest first"
+    );
+    assert_eq!(j.cdrs_since(0).expect("all").len(), 12);
+    assert!(j.cdrs_since(now_ms() + 1000).expect("none").is_empty());
+    // CDRs taken in after the walk began are not part of it.
+    let (from, to) = j.cdr_range_since(cut).expect("range").expect("some");
+    j.ingest(
+        &[file("new.json", r#"{"QueueId":"new"}"#)],
+        &route_to(&[&a]),
+    )
+    .expect("ingest");
+    let page = j.cdrs_page(from, to, 100).expect("page");
+    assert_eq!((page.items.len(), page.next), (5, None));
+}
+
+#[test]
+fn pages_resume_where_the_last_one_stopped() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let ids = ingest_n(&j, &a, 5);
+    for (i, &id) in ids.iter().enumerate() {
+        finish(
+            &j,
+            id,
+            if i % 2 == 0 {
+                State::Dead
+            } else {
+                State::Delivered
+            },
+        );
+    }
+    // Two of every five deliveries looked at per page: three pages.
+    let (mut failed, mut from, mut pages) = (Vec::new(), Some(0), 0);
+    while let Some(start) = from {
+        let page = j
+            .failed_deliveries_page(None, None, start, 2)
+            .expect("page");
+        failed.extend(page.items.iter().map(|d| d.id));
+        from = page.next;
+        pages += 1;
+    }
+    assert_eq!(failed, vec![ids[0], ids[2], ids[4]]);
+    assert_eq!(pages, 3);
+    // Attempts: newest first, page by page, the same as in one go.
+    let all = j
+        .attempts(&AttemptFilter::default())
+        .expect("all")
+        .iter()
+        .map(|a| a.delivery_id)
+        .collect::<Vec<_>>();
+    assert_eq!(all, ids.iter().rev().copied().collect::<Vec<_>>());
+    let first = j
+        .attempts_page(&AttemptFilter::default(), None, 2, 100)
+        .expect("page");
+    let second = j
+        .attempts_page(&AttemptFilter::default(), first.next, 2, 100)
+        .expect("page");
+    let paged: Vec<_> = first
+        .items
+        .iter()
+        .chain(&second.items)
+        .map(|a| a.delivery_id)
+        .collect();
+    assert_eq!(paged, all[..4].to_vec());
+    // A filter that matches nothing still stops after `max_examined`.
+    let none = AttemptFilter {
+        call_id: Some("nobody".into()),
+        ..Default::default()
+    };
+    let page = j.attempts_page(&none, None, 10, 3).expect("page");
+    assert!(page.items.is_empty());
+    assert!(page.next.is_some(), "more to look at");
+    assert!(j.attempts(&none).expect("all").is_empty());
+    let limited = j
+        .attempts(&AttemptFilter {
+            limit: 3,
+            ..Default::default()
+        })
+        .expect("limited");
+    assert_eq!(limited.len(), 3);
+}
+
+#[test]
+fn counts_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = sub("a");
+    {
+        let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+        let out = j
+            .ingest(&[file("1.json", r#"{"QueueId":"1"}"#)], &route_to(&[&a]))
+            .expect("ingest");
+        finish(&j, out.new_deliveries[0].1, State::Delivered);
+        j.flush().expect("flush");
+    }
+    let j = reopen(&dir.path().join("j"));
+    let c = &j.counts()["a"];
+    assert_eq!(c.delivered, 1);
+    assert!(c.last_success_ms.is_some());
+}
+
+/// The raw tree of a journal, for tests that look at keys.
+fn keys_of(j: &Journal, kind: u8) -> usize {
+    j.h().expect("open").tree.scan_prefix([kind]).count()
+}
+
+#[test]
+fn the_same_cdr_in_two_files_of_one_batch_is_one_cdr() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let body = r#"{"QueueId":"same"}"#;
+    let out = j
+        .ingest(
+            &[file("1.json", body), file("2.json", body)],
+            &route_to(&[&a]),
+        )
+        .expect("ingest");
+    assert_eq!((out.new_cdrs, out.known_cdrs), (1, 1));
+    assert_eq!(out.new_deliveries.len(), 1);
+    assert!(out.finished_files.is_empty(), "both wait for the delivery");
+    let mut files = finish(&j, out.new_deliveries[0].1, State::Delivered);
+    files.sort();
+    assert_eq!(files, vec!["x-1.json".to_string(), "x-2.json".to_string()]);
+}
+
+#[test]
+fn large_bodies_are_stored_in_chunks_read_back_whole_and_pruned() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let text = "t".repeat(3 * records::BODY_CHUNK);
+    let body = format!(r#"{{"RecordingFileName":"r.wav","Transcription":"{text}"}}"#);
+    let out = j
+        .ingest(&[file("big.json", &body)], &route_to(&[&a]))
+        .expect("ingest");
+    assert_eq!(
+        keys_of(&j, records::K_BODY),
+        4,
+        "12 KiB and a bit: 4 chunks"
+    );
+    let d = j
+        .delivery(out.new_deliveries[0].1)
+        .expect("read")
+        .expect("d");
+    let stored = j.cdr_by_seq(d.cdr_seq).expect("read").expect("cdr");
+    assert_eq!(stored.body, body.as_bytes());
+    finish(&j, d.id, State::Delivered);
+    let stats = j.prune(now_ms() + 1000, 100).expect("prune");
+    assert_eq!(stats.cdrs, 1);
+    for kind in [
+        records::K_BODY,
+        records::K_CDR,
+        records::K_CDR_ID,
+        records::K_DELIVERY,
+        records::K_ATTEMPT,
+        records::K_ATTEMPTS_OF,
+        records::K_OPEN,
+    ] {
+        assert_eq!(keys_of(&j, kind), 0, "{} left after pruning", kind as char);
+    }
+}
+
+#[test]
+fn start_up_reads_the_counts_and_the_open_index_not_every_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    let open_id = {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        let ids = ingest_n(&j, &a, 3);
+        finish(&j, ids[0], State::Delivered);
+        finish(&j, ids[1], State::Dead);
+        // Damage the ended deliveries' records: a start-up that read them
+        // would fail.
+        let h = j.h().expect("open");
+        for id in &ids[..2] {
+            h.tree
+                .insert(records::key(records::K_DELIVERY, *id), &[0xff][..])
+                .expect("damage");
+        }
+        // A pending count left wrong (a crash between an attempt's writes)
+        // is counted again from the open index.
+        let wrong = records::CountsRec {
+            pending: 99,
+            delivered: 1,
+            dead: 1,
+            ..Default::default()
+        };
+        h.tree
+            .insert(records::counts_key(0), wrong.encode())
+            .expect("damage");
+        j.flush().expect("flush");
+        ids[2]
+    };
+    let j = reopen(&path);
+    let c = &j.counts()["a"];
+    assert_eq!((c.pending, c.delivered, c.dead), (1, 1, 1));
+    let open = j.take_open_deliveries();
+    assert_eq!(open.len(), 1);
+    assert_eq!((open[0].id, open[0].subscription.as_str()), (open_id, "a"));
+}
+
+#[test]
+fn writes_that_are_not_flushed_at_once_are_announced() {
+    let (_d, j) = open_tmp();
+    let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = told.clone();
+    j.set_on_write(move || {
+        t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let a = sub("a");
+    let ids = ingest_n(&j, &a, 1);
+    assert_eq!(
+        told.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "ingest flushes"
+    );
+    finish(&j, ids[0], State::Delivered);
+    assert!(told.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn a_journal_of_a_newer_format_is_refused_naming_its_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    drop(Journal::open(&path, 8 << 20).expect("open"));
+    {
+        let db = sled::open(&path).expect("sled");
+        let tree = db.open_tree(records::TREE).expect("tree");
+        tree.insert([records::K_VERSION], &[records::FORMAT_VERSION + 1])
+            .expect("write");
+        db.flush().expect("flush");
+    }
+    let err = open_after_close(&path).err().expect("refused").to_string();
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("newer cdrhook"), "{err}");
+}
+
+#[test]
+fn a_format_1_journal_is_migrated_at_open() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let id1 = "cdr_0123456789abcdef0123456789abcdef";
+    {
+        let db = sled::open(&path).expect("sled");
+        let t = |n: &str| db.open_tree(n).expect("tree");
+        let (cdrs, cdr_ids, deliveries, attempts, sub_last) = (
+            t("cdrs"),
+            t("cdr_ids"),
+            t("deliveries"),
+            t("attempts"),
+            t("sub_last"),
+        );
+        let cdr = |seq: u64, id: &str, dlv: u64, body: &str| {
+            let meta = json!({"id": id, "seq": seq, "event_type": "App.QueueWebhook",
+                "call_id": "c1", "received_ms": 1000 + seq, "deliveries": [["crm", dlv]],
+                "files": [{"name": format!("f{seq}.json"), "cdrs": [seq]}]});
+            let mut v = serde_json::to_vec(&meta).expect("json");
+            v.push(b'\n');
+            v.extend_from_slice(body.as_bytes());
+            cdrs.insert(seq.to_be_bytes(), v).expect("insert");
+            cdr_ids
+                .insert(id.as_bytes(), &seq.to_be_bytes())
+                .expect("insert");
+        };
+        cdr(1, id1, 2, r#"{"QueueId":"1"}"#);
+        cdr(4, "cdr_other", 5, r#"{"QueueId":"2"}"#);
+        let delivery = |id: u64, seq: u64, state: &str, attempt_ids: Vec<u64>| {
+            let d = json!({"id": id, "cdr_id": "x", "cdr_seq": seq, "subscription": "crm",
+                "event_type": "App.QueueWebhook", "call_id": "c1", "state": state,
+                "attempts": attempt_ids.len(), "failures": 1, "next_at_ms": 99,
+                "created_ms": 7, "ended_ms": null, "origin": "auto", "last_status": 503,
+                "last_error": null, "attempt_ids": attempt_ids});
+            deliveries
+                .insert(id.to_be_bytes(), serde_json::to_vec(&d).expect("json"))
+                .expect("insert");
+        };
+        delivery(2, 1, "delivered", vec![3]);
+        delivery(5, 4, "retrying", vec![]);
+        // An open delivery whose CDR never reached the disk.
+        delivery(8, 7, "pending", vec![]);
+        let a = json!({"id": 3, "delivery_id": 2, "time_ms": 50, "subscription": "crm",
+            "event_type": "App.QueueWebhook", "call_id": "c1", "webhook_id": id1,
+            "attempt": 1, "status": 204, "error": null, "duration_ms": 4, "trigger": "auto",
+            "request_headers": [["webhook-id", id1]], "response_headers": [],
+            "response_body": null});
+        attempts
+            .insert(3u64.to_be_bytes(), serde_json::to_vec(&a).expect("json"))
+            .expect("insert");
+        let last = json!({"pending": 0, "retrying": 0, "dead": 0, "delivered": 0,
+            "last_success_ms": 50, "last_failure_ms": 40, "last_error": "HTTP 503"});
+        sub_last
+            .insert("crm", serde_json::to_vec(&last).expect("json"))
+            .expect("insert");
+        db.flush().expect("flush");
+    }
+    {
+        let j = reopen(&path);
+        let c = &j.counts()["crm"];
+        assert_eq!((c.delivered, c.retrying, c.pending), (1, 1, 0));
+        assert_eq!(
+            (c.last_success_ms, c.last_error.as_deref()),
+            (Some(50), Some("HTTP 503"))
+        );
+        let open = j.take_open_deliveries();
+        assert_eq!(open.len(), 1, "the orphan is dropped");
+        assert_eq!((open[0].id, open[0].retry_at_ms), (5, Some(99)));
+        let d = j.delivery(2).expect("read").expect("d");
+        assert_eq!((d.cdr_id.as_str(), d.state), (id1, State::Delivered));
+        let history = j.attempts_of(&d).expect("attempts");
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            history[0].request_headers,
+            vec![("webhook-id".into(), id1.into())]
+        );
+        assert_eq!(history[0].status, Some(204));
+        let stored = j.cdr(id1).expect("read").expect("cdr");
+        assert_eq!(stored.body, br#"{"QueueId":"1"}"#);
+    }
+    let db = sled::open(&path).expect("sled");
+    let names: Vec<_> = db.tree_names();
+    assert!(
+        !names
+            .iter()
+            .any(|n| &n[..] == b"deliveries" || &n[..] == b"cdrs"),
+        "the format-1 trees are dropped"
+    );
+}
