@@ -111,10 +111,23 @@ pub async fn run(
     let spool_thread = parts.spool_thread;
     let _ = tokio::task::spawn_blocking(move || spool_thread.join()).await;
     let grace = daemon.handles.config().delivery.timeout + Duration::from_secs(1);
-    daemon.handles.dispatcher.shutdown(grace).await;
+    let all_ended = daemon.handles.dispatcher.shutdown(grace).await;
     let _ = parts.control.await;
-    if let Err(e) = daemon.handles.journal.flush() {
-        log::error!("stopping: {e}");
+    // A clean stop marks the journal so the next start trusts its counts;
+    // with an attempt still running (it could still write), only flush.
+    let journal = daemon.handles.journal.clone();
+    let closed = tokio::task::spawn_blocking(move || {
+        if all_ended {
+            journal.close_clean()
+        } else {
+            journal.flush()
+        }
+    })
+    .await;
+    match closed {
+        Ok(Err(e)) => log::error!("stopping: {e}"),
+        Err(e) => log::error!("stopping: the journal's last flush failed: {e}"),
+        Ok(Ok(())) => {}
     }
     let _ = std::fs::remove_file(&socket_path);
     log::info!("stopped");

@@ -213,13 +213,17 @@ impl Dispatcher {
     /// Stops starting attempts, lets those in flight finish (each is bounded
     /// by `delivery.timeout`), and returns when every worker has stopped or
     /// `grace` has passed.
-    pub async fn shutdown(&self, grace: Duration) {
+    /// Stops every worker; waits at most `grace` for attempts in flight.
+    /// Returns whether they all finished (none may still write).
+    pub async fn shutdown(&self, grace: Duration) -> bool {
         let _ = self.stop.send(true);
         let mut tasks = std::mem::take(&mut *lock(&self.tasks));
         let all = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, all).await.is_err() {
             log::warn!("shutdown: attempts still in flight after {grace:?}; they will be retried at the next start");
+            return false;
         }
+        true
     }
 }
 

@@ -343,6 +343,20 @@ impl Journal {
         Ok(journal)
     }
 
+    /// Ends a clean run: flushes, then marks the journal stopped cleanly
+    /// (its persisted counts are exact, so the next open trusts them) and
+    /// flushes again. Call it last, when nothing writes any more: a write
+    /// after it would not be covered by the mark.
+    pub fn close_clean(&self) -> Result<()> {
+        let h = self.h()?;
+        h.db.flush().map_err(self.sled_err("flush"))?;
+        h.tree
+            .insert([records::K_CLEAN], &[][..])
+            .map_err(self.sled_err("mark a clean stop"))?;
+        h.db.flush().map_err(self.sled_err("mark a clean stop"))?;
+        Ok(())
+    }
+
     /// Sets what is called after each write that is not flushed at once
     /// (the daemon wakes its flusher with it).
     pub fn set_on_write(&self, f: impl Fn() + Send + Sync + 'static) {

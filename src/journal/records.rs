@@ -51,6 +51,9 @@ pub const K_DETAIL: u8 = b'h';
 pub const K_ATTEMPTS_OF: u8 = b'x';
 pub const K_COUNTS: u8 = b'n';
 pub const K_SUB: u8 = b's';
+/// One key, present only while no cdrhook has the journal open after a
+/// clean stop: the persisted counts are exact (see `counts.rs`).
+pub const K_CLEAN: u8 = b'k';
 
 /// A record that does not decode: the journal is damaged or not ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -651,7 +651,8 @@ fn start_up_reads_the_counts_and_the_open_index_not_every_delivery() {
         h.tree
             .insert(records::counts_key(0), wrong.encode())
             .expect("damage");
-        j.flush().expect("flush");
+        // A clean stop: the next open trusts delivered and dead.
+        j.close_clean().expect("close clean");
         ids[2]
     };
     let j = reopen(&path);
@@ -660,6 +661,49 @@ fn start_up_reads_the_counts_and_the_open_index_not_every_delivery() {
     let open = j.take_open_deliveries();
     assert_eq!(open.len(), 1);
     assert_eq!((open[0].id, open[0].subscription.as_str()), (open_id, "a"));
+}
+
+#[test]
+fn after_a_crash_delivered_and_dead_are_counted_again_from_the_deliveries() {
+    // (stopped cleanly, (pending, delivered, dead) after the reopen)
+    for (clean, want) in [(false, (1, 1, 1)), (true, (1, 7, 7))] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j");
+        let a = sub("a");
+        {
+            let j = Journal::open(&path, 8 << 20).expect("open");
+            let ids = ingest_n(&j, &a, 3);
+            finish(&j, ids[0], State::Delivered);
+            finish(&j, ids[1], State::Dead);
+            // What a crash between an attempt's writes can leave: counts
+            // that disagree with the delivery records.
+            let wrong = records::CountsRec {
+                pending: 1,
+                delivered: 7,
+                dead: 7,
+                ..Default::default()
+            };
+            j.h()
+                .expect("open")
+                .tree
+                .insert(records::counts_key(0), wrong.encode())
+                .expect("damage");
+            if clean {
+                j.close_clean().expect("close clean");
+            } else {
+                j.flush().expect("flush");
+            }
+        }
+        let j = reopen(&path);
+        let c = &j.counts()["a"];
+        assert_eq!(
+            (c.pending, c.delivered, c.dead),
+            want,
+            "clean stop: {clean}"
+        );
+        // Open takes the mark away: a crash from now on is counted again.
+        assert_eq!(keys_of(&j, records::K_CLEAN), 0, "clean stop: {clean}");
+    }
 }
 
 #[test]
