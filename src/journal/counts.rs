@@ -82,7 +82,45 @@ impl Journal {
             .get([records::K_CLEAN])
             .map_err(self.sled_err("read the clean-stop mark"))?
             .is_some();
+        let mut open = Vec::new();
+        let mut stale = Vec::new();
+        for item in h.tree.scan_prefix([records::K_OPEN]) {
+            let (k, v) = item.map_err(self.sled_err("read open deliveries"))?;
+            let o = OpenRec::decode(&v)?;
+            if !clean {
+                // A crash between an attempt's writes can leave the index
+                // entry of a delivery whose record already says it ended
+                // (the record is written first): the record is the truth.
+                let ended = match h
+                    .tree
+                    .get(&records::key(records::K_DELIVERY, records::key_id(&k))[..])
+                    .map_err(self.sled_err("read a delivery"))?
+                {
+                    Some(d) => !records::DeliveryRec::decode(&d)?.state.is_open(),
+                    None => false,
+                };
+                if ended {
+                    stale.push(k);
+                    continue;
+                }
+            }
+            adjust(books.counts_mut(o.sub), o.state, true);
+            open.push(OpenDelivery {
+                id: records::key_id(&k),
+                subscription: names
+                    .get(o.sub as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", o.sub)),
+                retry_at_ms: (o.state == State::Retrying).then_some(o.next_at_ms),
+                origin: o.origin,
+            });
+        }
         if !clean {
+            for k in stale {
+                h.tree
+                    .remove(k)
+                    .map_err(self.sled_err("remove a stale open-index entry"))?;
+            }
             // Not stopped cleanly (or never yet): delivered and dead from
             // the delivery records themselves.
             for c in &mut books.counts {
@@ -110,21 +148,6 @@ impl Journal {
             .map_err(self.sled_err("clear the clean-stop mark"))?;
         h.db.flush()
             .map_err(self.sled_err("clear the clean-stop mark"))?;
-        let mut open = Vec::new();
-        for item in h.tree.scan_prefix([records::K_OPEN]) {
-            let (k, v) = item.map_err(self.sled_err("read open deliveries"))?;
-            let o = OpenRec::decode(&v)?;
-            adjust(books.counts_mut(o.sub), o.state, true);
-            open.push(OpenDelivery {
-                id: records::key_id(&k),
-                subscription: names
-                    .get(o.sub as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("#{}", o.sub)),
-                retry_at_ms: (o.state == State::Retrying).then_some(o.next_at_ms),
-                origin: o.origin,
-            });
-        }
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
         *lock(&self.books) = books;
         Ok(open)

@@ -707,6 +707,42 @@ fn after_a_crash_delivered_and_dead_are_counted_again_from_the_deliveries() {
 }
 
 #[test]
+fn after_a_crash_an_open_index_entry_of_an_ended_delivery_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    let ended = {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        let ids = ingest_n(&j, &a, 2);
+        let h = j.h().expect("open");
+        // The open-index entry of ids[0] as it was before its attempt...
+        let entry = h
+            .tree
+            .get(records::key(records::K_OPEN, ids[0]))
+            .expect("read")
+            .expect("indexed");
+        finish(&j, ids[0], State::Delivered);
+        // ...put back: the crash fell after the delivery's record was
+        // written and before its index entry was removed.
+        h.tree
+            .insert(records::key(records::K_OPEN, ids[0]), entry)
+            .expect("damage");
+        j.flush().expect("flush");
+        ids[0]
+    };
+    let j = reopen(&path);
+    let open: Vec<DeliveryId> = j.take_open_deliveries().iter().map(|o| o.id).collect();
+    assert!(
+        !open.contains(&ended),
+        "an ended delivery is not resumed: {open:?}"
+    );
+    assert_eq!(open.len(), 1);
+    let c = &j.counts()["a"];
+    assert_eq!((c.pending, c.delivered), (1, 1));
+    assert_eq!(keys_of(&j, records::K_OPEN), 1, "the stale entry is gone");
+}
+
+#[test]
 fn writes_that_are_not_flushed_at_once_are_announced() {
     let (_d, j) = open_tmp();
     let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
