@@ -37,7 +37,24 @@ use crate::time::now_ms;
 /// Builds the one HTTP agent for a version's `delivery` settings; the
 /// daemon passes `delivery::http::build_agent`. Passed in, so the config
 /// stage does not depend on the delivery stage after it.
-pub type AgentBuilder = fn(&DeliveryConfig) -> Result<ureq::Agent, String>;
+pub type AgentBuilder = fn(&DeliveryConfig) -> Result<ureq::Agent, AgentError>;
+
+/// Why the HTTP agent of a version could not be built: its `ca_file`.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("delivery.ca_file {}: {source}", path.display())]
+    CaFileUnreadable {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("delivery.ca_file {}: {message}", path.display())]
+    CaFileInvalid {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("delivery.ca_file {}: no PEM certificate in it", path.display())]
+    CaFileEmpty { path: std::path::PathBuf },
+}
 
 /// A reload that was refused: the previous version stays in force. The
 /// message names the file (and line and column, for a YAML mistake).
@@ -244,9 +261,9 @@ impl LiveConfig {
 }
 
 fn build_agent(build: AgentBuilder, path: &Path, cfg: &Config) -> Result<ureq::Agent, ConfigError> {
-    build(&cfg.delivery).map_err(|message| ConfigError::Unpositioned {
+    build(&cfg.delivery).map_err(|e| ConfigError::Unpositioned {
         path: path.to_path_buf(),
-        message,
+        message: e.to_string(),
     })
 }
 

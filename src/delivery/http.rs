@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
+use crate::config::live::AgentError;
 use crate::config::{DeliveryConfig, Subscription};
 use crate::redact::{is_credential_header, MASK};
 
@@ -27,28 +28,32 @@ const READ_LIMIT: u64 = 64 * 1024;
 
 /// Builds the daemon's agent: global timeout, no redirects, statuses as
 /// values, the system's roots plus `ca_file`.
-pub fn build_agent(cfg: &DeliveryConfig) -> Result<ureq::Agent, String> {
+pub fn build_agent(cfg: &DeliveryConfig) -> Result<ureq::Agent, AgentError> {
     let mut roots: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
         .certs
         .iter()
         .map(|der| Certificate::from_der(der.as_ref()).to_owned())
         .collect();
     if let Some(path) = &cfg.ca_file {
-        let pem =
-            std::fs::read(path).map_err(|e| format!("delivery.ca_file {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|source| AgentError::CaFileUnreadable {
+            path: path.clone(),
+            source,
+        })?;
         let before = roots.len();
         for item in ureq::tls::parse_pem(&pem) {
             match item {
                 Ok(PemItem::Certificate(c)) => roots.push(c.to_owned()),
                 Ok(_) => {}
-                Err(e) => return Err(format!("delivery.ca_file {}: {e}", path.display())),
+                Err(e) => {
+                    return Err(AgentError::CaFileInvalid {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })
+                }
             }
         }
         if roots.len() == before {
-            return Err(format!(
-                "delivery.ca_file {}: no PEM certificate in it",
-                path.display()
-            ));
+            return Err(AgentError::CaFileEmpty { path: path.clone() });
         }
     }
     // A box without a system bundle still verifies public endpoints against

@@ -58,7 +58,21 @@ impl Context {
 }
 
 /// The result of a requested (one-shot) attempt.
-pub type OnceResult = Result<Attempt, String>;
+pub type OnceResult = Result<Attempt, OnceError>;
+
+/// Why a requested attempt gave no attempt record to show.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OnceError {
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("subscription {0} is inactive or not in the config")]
+    NotInService(String),
+    #[error("delivery d{0} had already ended")]
+    AlreadyEnded(DeliveryId),
+    /// The attempt could not be made or journaled (the message says why).
+    #[error("{0}")]
+    NotMade(String),
+}
 
 enum Msg {
     /// Deliveries to queue: `None` = pending now, `Some(ms)` = retry at.
@@ -192,10 +206,7 @@ impl Dispatcher {
                 reply: Some(tx),
             },
         );
-        async move {
-            rx.await
-                .unwrap_or_else(|_| Err("the daemon is shutting down".to_string()))
-        }
+        async move { rx.await.unwrap_or(Err(OnceError::ShuttingDown)) }
     }
 
     /// One attempt as soon as the worker can; does not wait.
@@ -339,7 +350,7 @@ impl Worker {
             }
         }
         for reply in self.queue.drain_replies() {
-            let _ = reply.send(Err("the daemon is shutting down".to_string()));
+            let _ = reply.send(Err(OnceError::ShuttingDown));
         }
     }
 
@@ -365,10 +376,7 @@ impl Worker {
             }
             Msg::Once { id, trigger, reply } => {
                 if let Requested::Refused(Some(reply)) = self.queue.request(id, trigger, reply) {
-                    let _ = reply.send(Err(format!(
-                        "subscription {} is inactive or not in the config",
-                        self.name
-                    )));
+                    let _ = reply.send(Err(OnceError::NotInService(self.name.clone())));
                 }
             }
             Msg::Wake => {}
@@ -511,8 +519,8 @@ impl Worker {
         }
         let answer: OnceResult = match result {
             Ok(Some(f)) => Ok(f.attempt),
-            Ok(None) => Err(format!("delivery d{id} had already ended")),
-            Err(e) => Err(e.message),
+            Ok(None) => Err(OnceError::AlreadyEnded(id)),
+            Err(e) => Err(OnceError::NotMade(e.message)),
         };
         for reply in replies {
             let _ = reply.send(answer.clone());

@@ -161,7 +161,7 @@ impl Resend {
                     a.error.clone(),
                     a.succeeded(),
                 ),
-                Err(e) => (None, None, Some(e), false),
+                Err(e) => (None, None, Some(e.to_string()), false),
             };
             results.push(ResendResult {
                 id,

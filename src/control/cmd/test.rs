@@ -154,7 +154,7 @@ impl Test {
                 Err(e) => TestResult {
                     subscription,
                     status: None,
-                    error: Some(e),
+                    error: Some(e.to_string()),
                     ok: false,
                     attempt_id: None,
                     duration_ms: None,
