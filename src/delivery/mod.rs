@@ -633,10 +633,10 @@ fn attempt(
     };
     // The endpoint-wide hold counts for at most twice the schedule's longest
     // step, as a delivery's own hold counts for at most twice its step.
-    let longest = retry_schedule.iter().max().copied().unwrap_or_default();
-    let endpoint_hold_until_ms = asked
-        .filter(|a| !a.is_zero())
-        .map(|a| now + a.min(longest.saturating_mul(2)).as_millis() as u64);
+    let endpoint_hold_until_ms = asked.filter(|a| !a.is_zero()).map(|a| {
+        let longest = retry_schedule.iter().max().copied().unwrap_or_default();
+        now + a.min(longest.saturating_mul(2)).as_millis() as u64
+    });
     if ok {
         d.state = State::Delivered;
         d.next_at_ms = None;

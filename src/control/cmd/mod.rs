@@ -271,6 +271,13 @@ pub fn result_text(status: Option<u16>, error: Option<&str>) -> String {
     }
 }
 
+/// The keys of a JSON object, in order: what the shape tests of the
+/// `--json` responses compare with the contract.
+#[cfg(test)]
+pub(crate) fn object_keys(v: &serde_json::Value) -> Vec<String> {
+    v.as_object().expect("object").keys().cloned().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,12 +318,7 @@ mod tests {
             trigger: Some("auto".into()),
         })
         .expect("encode");
-        let keys: Vec<&str> = v
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(|k| k.as_str())
-            .collect();
+        let keys = super::object_keys(&v);
         assert_eq!(
             keys,
             [

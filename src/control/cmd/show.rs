@@ -213,12 +213,7 @@ mod tests {
             },
         };
         let v = serde_json::to_value(&r).expect("encode");
-        let keys: Vec<&str> = v
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(|k| k.as_str())
-            .collect();
+        let keys = crate::control::cmd::object_keys(&v);
         assert_eq!(
             keys,
             [

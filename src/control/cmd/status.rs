@@ -345,9 +345,7 @@ mod tests {
             }],
         };
         let v = serde_json::to_value(&r).expect("encode");
-        let keys = |v: &serde_json::Value| -> Vec<String> {
-            v.as_object().expect("object").keys().cloned().collect()
-        };
+        let keys = crate::control::cmd::object_keys;
         assert_eq!(
             keys(&v),
             [
