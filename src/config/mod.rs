@@ -70,6 +70,7 @@ use crate::redact::{is_credential_header, trusted_gid, FileAccess, MASK};
 pub use crate::redact::{Redactor, Sensitive};
 
 mod expand;
+mod filter;
 pub mod live;
 mod raw;
 mod secrets;
@@ -77,6 +78,7 @@ mod validate;
 mod values;
 
 use expand::*;
+pub use filter::{Filter, FilterValue, PropertyFilter, EVENT_PROPERTIES};
 use raw::*;
 use secrets::*;
 use validate::*;
@@ -243,6 +245,8 @@ pub struct Subscription {
     /// Scrubs this subscription's secret values (expanded endpoint,
     /// credential header values) from what comes back from the network.
     pub redactor: Redactor,
+    /// Only CDRs that match get a delivery (contract §10, `filter`).
+    pub filter: Option<Filter>,
 }
 
 impl Subscription {
@@ -409,6 +413,9 @@ pub fn parse(
             message,
         })?;
     config.warnings = warnings;
+    config
+        .warnings
+        .extend(filter::warnings(text, path, &config.subscriptions));
     config.secrets_in_file = secrets_in_file;
     Ok(config)
 }
@@ -614,6 +621,7 @@ subscriptions:
                 key: SECRET_KEY.to_vec(),
             }),
             redactor,
+            filter: None,
         }];
         // The secret is written in the file itself.
         expected.secrets_in_file = vec!["subscriptions[crm].secret".into()];

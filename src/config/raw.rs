@@ -72,6 +72,7 @@ impl<'de> Deserialize<'de> for SubscriptionEntry {
                     headers,
                     secret,
                     redactor,
+                    filter: raw.filter.map(|f| f.0),
                 }))
             }
         }
@@ -138,6 +139,8 @@ pub(super) struct RawSubscription {
     pub(super) headers: Option<Headers>,
     pub(super) secret: Option<SecretValue>,
     pub(super) secret_file: Option<SecretFile>,
+    #[serde(default, deserialize_with = "filter::present")]
+    pub(super) filter: Option<filter::RawFilter>,
 }
 
 impl RawConfig {
