@@ -350,7 +350,16 @@ fn check_config(path: &Path, json: bool) -> i32 {
                 let subs: Vec<Value> = cfg
                     .subscriptions
                     .iter()
-                    .map(|s| serde_json::json!({"name": s.name, "active": s.active, "endpoint": s.endpoint}))
+                    .map(|s| {
+                        serde_json::json!({
+                            "name": s.name,
+                            "active": s.active,
+                            "endpoint": s.endpoint,
+                            "events": s.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
+                            // The effective routing: null, or property -> values.
+                            "filter": s.filter.as_ref().map(|f| f.to_json()),
+                        })
+                    })
                     .collect();
                 println!(
                     "{}",
@@ -374,6 +383,11 @@ fn check_config(path: &Path, json: bool) -> i32 {
                             .collect::<Vec<_>>()
                             .join(", ")
                     );
+                    // The effective routing: which CDRs of those events it gets.
+                    match &s.filter {
+                        Some(f) => println!("      filter: {f} (all must match)"),
+                        None => println!("      filter: none (every CDR of these events)"),
+                    }
                 }
                 // Like ssh with a loose key: said, but not refused.
                 for w in &cfg.warnings {

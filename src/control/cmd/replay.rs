@@ -2,6 +2,9 @@
 //! journaled since TIME that the subscription wants goes to it: CDRs it
 //! never had get a new delivery (retried like any other, trigger `replay`);
 //! CDRs it had are sent once more (one attempt, trigger `replay`).
+//! The subscription's `filter` in force applies too (`delivery::route`):
+//! a CDR it excludes is neither delivered nor sent again, and is counted
+//! in `unmatched`.
 //!
 //! The CDRs are walked page by page (oldest first, up to the newest one
 //! when the replay began), and each page's deliveries are handed to the
@@ -16,6 +19,7 @@ use super::{lane, since, CmdError, Command};
 use crate::config::{EventType, Subscription};
 use crate::control::protocol::Request;
 use crate::control::Handles;
+use crate::delivery::route;
 use crate::journal::{CdrSeq, Trigger};
 
 /// CDRs per page.
@@ -40,6 +44,8 @@ pub struct ReplayResponse {
     pub resent: usize,
     /// CDRs of event types the subscription does not want.
     pub skipped: usize,
+    /// CDRs of its event types that its `filter` excludes.
+    pub unmatched: usize,
 }
 
 impl From<Replay> for Request {
@@ -53,8 +59,8 @@ impl Command for Replay {
 
     fn render(v: &ReplayResponse) -> String {
         format!(
-            "replaying {} CDR(s) to {}: {} new deliveries, {} sent again ({} of other event types skipped)\nfollow with `cdrhook attempts --subscription {}`\n",
-            v.queued, v.subscription, v.new_deliveries, v.resent, v.skipped, v.subscription,
+            "replaying {} CDR(s) to {}: {} new deliveries, {} sent again ({} of other event types skipped, {} excluded by its filter)\nfollow with `cdrhook attempts --subscription {}`\n",
+            v.queued, v.subscription, v.new_deliveries, v.resent, v.skipped, v.unmatched, v.subscription,
         )
     }
 
@@ -68,6 +74,7 @@ struct Counts {
     new: usize,
     resent: usize,
     skipped: usize,
+    unmatched: usize,
 }
 
 /// Replays one page of CDRs `from..=to`; returns where the next one starts.
@@ -88,6 +95,17 @@ fn replay_page(
         if event_type == EventType::Test || !sub.wants(event_type) {
             counts.skipped += 1;
             continue;
+        }
+        if sub.filter.is_some() {
+            // The body is read only for a filtered subscription.
+            let passes = match h.journal.cdr_by_seq(meta.seq)? {
+                Some(cdr) => route::passes(sub, &cdr.body),
+                None => false,
+            };
+            if !passes {
+                counts.unmatched += 1;
+                continue;
+            }
         }
         let (delivery, new) = h
             .journal
@@ -158,8 +176,11 @@ impl Replay {
             new,
             resent,
             skipped,
+            unmatched,
         } = counts;
-        log::info!("replay to {subscription}: {new} new deliveries, {resent} resent");
+        log::info!(
+            "replay to {subscription}: {new} new deliveries, {resent} resent, {unmatched} excluded by its filter"
+        );
         Ok(ReplayResponse {
             ok: true,
             subscription,
@@ -167,6 +188,7 @@ impl Replay {
             new_deliveries: new,
             resent,
             skipped,
+            unmatched,
         })
     }
 }

@@ -77,6 +77,9 @@ pub struct SubscriptionState {
     pub dead: u64,
     pub delivered: u64,
     pub held: u64,
+    /// CDRs of its event types that its `filter` excluded, since the
+    /// daemon started (not journaled; a restart starts again at 0).
+    pub unmatched: u64,
     pub last_success: Option<String>,
     pub last_failure: Option<String>,
     pub last_error: Option<String>,
@@ -126,6 +129,7 @@ pub fn collect(h: &Handles) -> StatusResponse {
             dead: c.dead,
             delivered: c.delivered,
             held: if s.active { 0 } else { c.pending + c.retrying },
+            unmatched: h.dispatcher.unmatched().get(&s.name),
             last_success: time(c.last_success_ms),
             last_failure: time(c.last_failure_ms),
             last_error: c.last_error,
@@ -145,6 +149,7 @@ pub fn collect(h: &Handles) -> StatusResponse {
             dead: c.dead,
             delivered: c.delivered,
             held: c.pending + c.retrying,
+            unmatched: h.dispatcher.unmatched().get(name),
             last_success: time(c.last_success_ms),
             last_failure: time(c.last_failure_ms),
             last_error: c.last_error.clone(),
@@ -268,6 +273,7 @@ pub fn render(v: &StatusResponse) -> String {
                 s.dead.to_string(),
                 s.delivered.to_string(),
                 s.held.to_string(),
+                s.unmatched.to_string(),
                 local_time(s.last_success.as_deref()),
                 failure,
             ]
@@ -282,6 +288,7 @@ pub fn render(v: &StatusResponse) -> String {
             "DEAD",
             "DELIVERED",
             "HELD",
+            "UNMATCHED",
             "LAST SUCCESS",
             "LAST FAILURE",
         ],
@@ -339,6 +346,7 @@ mod tests {
                 dead: 0,
                 delivered: 0,
                 held: 0,
+                unmatched: 0,
                 last_success: None,
                 last_failure: None,
                 last_error: None,
@@ -401,7 +409,8 @@ mod tests {
                 "last_success",
                 "name",
                 "pending",
-                "retrying"
+                "retrying",
+                "unmatched"
             ]
         );
         // What the command line reads back is what the daemon sent.
