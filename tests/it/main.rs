@@ -12,6 +12,7 @@ mod control;
 mod crash;
 mod delivery;
 mod faults;
+mod filters;
 mod fuzz_regressions;
 mod harness_selftest;
 mod intake;
