@@ -14,6 +14,8 @@
 //!   lists, each validated where its position is known;
 //! - `expand`: `${VAR}`;
 //! - `secrets`: `secret`, `secret_file`, and loose-permission warnings;
+//! - `filter`: `subscriptions[].filter` (contract §10.3), its match rule
+//!   and the warning for a property no event type has;
 //! - `validate`: line/column errors, path resolution, and the
 //!   deserialization context;
 //! - `live`: the live snapshot and the one reload path (with the file
