@@ -20,3 +20,4 @@ mod operator_load;
 mod reload;
 mod secrets;
 mod spool;
+mod web;
