@@ -193,13 +193,20 @@ fn index_body(h: &Handles, v: &StatusResponse, token: &str) -> String {
             );
             if s.in_config && s.active {
                 actions.push_str("<br>");
-                actions.push_str(&action_button(
-                    "/actions/resend-failed",
-                    &[("subscription", &s.name)],
-                    &format!("Resend all failed ({})", s.dead + s.retrying),
-                    token,
-                    &format!("cdrhook resend --failed --subscription {}", s.name),
-                ));
+                let failed = s.dead + s.retrying;
+                if failed == 0 {
+                    actions.push_str(
+                        "<button type=\"button\" disabled title=\"no dead or retrying deliveries\">Resend all failed (0)</button>",
+                    );
+                } else {
+                    actions.push_str(&action_button(
+                        "/actions/resend-failed",
+                        &[("subscription", &s.name)],
+                        &format!("Resend all failed ({failed})"),
+                        token,
+                        &format!("cdrhook resend --failed --subscription {}", s.name),
+                    ));
+                }
                 if s.events.iter().any(|e| e == test) {
                     actions.push(' ');
                     actions.push_str(&action_button(
