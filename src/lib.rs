@@ -4,7 +4,7 @@
 //! Modules in pipeline order; each uses only those before it (and the
 //! helpers at the end): `config` → `intake` → `journal` →
 //! `delivery` → `control` → `web` → `daemon`; `cli` is the front. Helpers:
-//! `redact`, `time`, `logging`, `locks`, `shutdown`.
+//! `redact`, `time`, `logging`, `locks`, `shutdown`, `metrics`.
 
 pub mod cli;
 pub mod config;
@@ -15,6 +15,7 @@ pub mod intake;
 pub mod journal;
 pub mod locks;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod redact;
 pub mod shutdown;
@@ -147,6 +148,13 @@ mod layering {
             // The HTTP side door uses control's handles and commands.
             ("web", &["daemon", "cli"]),
             ("cli", &["daemon"]),
+            // The live counters: a helper every stage records into.
+            (
+                "metrics",
+                &[
+                    "config", "intake", "journal", "delivery", "control", "web", "daemon", "cli",
+                ],
+            ),
         ];
         let mut broken = Vec::new();
         for (path, code) in &files {

@@ -210,6 +210,7 @@ impl LiveConfig {
         new.spool.dir = old.config.spool.dir.clone();
         new.journal.path = old.config.journal.path.clone();
         new.control.socket = old.config.control.socket.clone();
+        new.http = old.config.http.clone();
         for key in &restart {
             log::warn!(
                 "config: {key} changed in {}: it takes effect after a restart",
@@ -246,6 +247,7 @@ impl LiveConfig {
     /// message.
     fn refuse(&self, old: &Snapshot, message: String) -> ReloadRefused {
         log::error!("config reload refused, the previous version stays in force: {message}");
+        crate::metrics::reload_refused();
         self.publish(Arc::new(Snapshot {
             config: old.config.clone(),
             agent: old.agent.clone(),

@@ -2,7 +2,7 @@
 //! defaults, expanding `${VAR}` references and loading subscription secrets;
 //! and the live config the running daemon reads.
 //!
-//! Config is the first stage: it uses only `redact` and `time`, never the
+//! Config is the first stage: it uses only `redact`, `time` and `metrics`, never the
 //! stages after it. Its parts, by job:
 //!
 //! - this file: the public types ([`Config`], [`Subscription`], …), the
@@ -70,6 +70,8 @@ use crate::redact::{is_credential_header, trusted_gid, FileAccess, MASK};
 pub use crate::redact::{Redactor, Sensitive};
 
 mod expand;
+#[cfg(test)]
+mod http_tests;
 pub mod live;
 mod raw;
 mod secrets;
@@ -131,6 +133,8 @@ pub struct Config {
     pub journal: JournalConfig,
     pub control: ControlConfig,
     pub delivery: DeliveryConfig,
+    /// The optional HTTP listener (contract §9); `None`: off.
+    pub http: Option<HttpConfig>,
     /// One of `error`, `warn`, `info`, `debug`, `trace` (lowercased).
     pub log_level: Option<String>,
     pub subscriptions: Vec<Subscription>,
@@ -199,6 +203,34 @@ impl Default for ControlConfig {
     fn default() -> Self {
         ControlConfig {
             socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        }
+    }
+}
+
+/// The HTTP listener's settings (contract §9). Both need a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpConfig {
+    pub listen: HttpListen,
+    pub token_file: Option<PathBuf>,
+    /// The bearer token: `token_file`'s content, trimmed, read at load;
+    /// shown as `***`. Required for a TCP listener.
+    pub token: Option<Sensitive>,
+}
+
+/// Where the HTTP listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpListen {
+    /// `unix:/run/cdrhook/http.sock`: a socket file, mode 0660.
+    Unix(PathBuf),
+    /// `127.0.0.1:9787` or `[::1]:9787`: needs the token.
+    Tcp(std::net::SocketAddr),
+}
+
+impl fmt::Display for HttpListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpListen::Unix(p) => write!(f, "unix:{}", p.display()),
+            HttpListen::Tcp(a) => write!(f, "{a}"),
         }
     }
 }
@@ -426,6 +458,19 @@ impl Config {
         }
         if self.control.socket != new.control.socket {
             changed.push("control.socket");
+        }
+        let listen = |c: &Config| c.http.as_ref().map(|h| h.listen.clone());
+        let token = |c: &Config| {
+            c.http
+                .as_ref()
+                .map(|h| (h.token_file.clone(), h.token.clone()))
+                .unwrap_or_default()
+        };
+        if listen(self) != listen(new) {
+            changed.push("http.listen");
+        }
+        if token(self) != token(new) {
+            changed.push("http.token_file");
         }
         changed
     }

@@ -91,6 +91,7 @@ pub(super) struct RawConfig {
     pub(super) journal: Option<RawJournal>,
     pub(super) control: Option<RawControl>,
     pub(super) delivery: Option<RawDelivery>,
+    pub(super) http: Option<HttpEntry>,
     pub(super) log_level: Option<LogLevel>,
     pub(super) subscriptions: Option<Vec<SubscriptionEntry>>,
 }
@@ -126,6 +127,55 @@ pub(super) struct RawDelivery {
     pub(super) concurrency: Option<Concurrency>,
     pub(super) retry_schedule: Option<Vec<Dur>>,
     pub(super) ca_file: Option<ConfPath>,
+}
+
+/// The `http` block. Like [`SubscriptionEntry`], its cross-field check (a
+/// TCP listener needs `token_file`) is raised inside `visit_map`, so it
+/// carries the block's position.
+pub(super) struct HttpEntry(pub(super) HttpConfig);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of http settings")]
+pub(super) struct RawHttp {
+    pub(super) listen: Listen,
+    pub(super) token_file: Option<TokenFile>,
+}
+
+impl<'de> Deserialize<'de> for HttpEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct HttpVisitor;
+
+        impl<'de> Visitor<'de> for HttpVisitor {
+            type Value = HttpEntry;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a mapping of http settings (listen, token_file)")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let raw = RawHttp::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                let listen = raw.listen.0;
+                let (token_file, token) = match raw.token_file {
+                    Some(TokenFile { path, token }) => (Some(path), Some(token)),
+                    None => (None, None),
+                };
+                if matches!(listen, HttpListen::Tcp(_)) && token.is_none() {
+                    return Err(de::Error::custom(format!(
+                        "http.listen {listen} is a TCP address: every path but /healthz then \
+                         needs a bearer token, so http.token_file is required (or listen on a \
+                         Unix socket, e.g. unix:/run/cdrhook/http.sock)"
+                    )));
+                }
+                Ok(HttpEntry(HttpConfig {
+                    listen,
+                    token_file,
+                    token,
+                }))
+            }
+        }
+
+        d.deserialize_map(HttpVisitor)
+    }
 }
 
 #[derive(Deserialize)]
@@ -206,11 +256,26 @@ impl RawConfig {
             },
         };
 
+        let http = self.http.map(|h| h.0);
+        if let Some(HttpConfig {
+            listen: HttpListen::Unix(p),
+            ..
+        }) = &http
+        {
+            if *p == control.socket {
+                return Err(format!(
+                    "http.listen must not be the control socket ({})",
+                    p.display()
+                ));
+            }
+        }
+
         Ok(Config {
             spool,
             journal,
             control,
             delivery,
+            http,
             log_level: self.log_level.map(|l| l.0),
             subscriptions: self
                 .subscriptions

@@ -74,3 +74,41 @@ pub(super) fn config_file_warning(
         path.display(),
     ))
 }
+
+/// `http.token_file`: the listener's bearer token, read once at load and
+/// trimmed; warned about like a `secret_file` when others may read it.
+pub(super) struct TokenFile {
+    pub(super) path: PathBuf,
+    pub(super) token: Sensitive,
+}
+text_newtype!(
+    TokenFile,
+    "the path of a file holding the HTTP bearer token",
+    |s| {
+        let Expanded { text, .. } = expand_in_context(s)?;
+        if text.is_empty() {
+            return Err("the path is empty".into());
+        }
+        let path = resolve(&with_context(|ctx| ctx.base.clone()), Path::new(&text));
+        let (contents, access) = read_with_access(&path)
+            .map_err(|e| format!("cannot read http.token_file {}: {e}", path.display()))?;
+        let token = contents.trim();
+        if token.is_empty() {
+            return Err(format!("http.token_file {} is empty", path.display()));
+        }
+        if token.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(format!(
+            "http.token_file {}: the token must be one line without spaces (it is sent in an Authorization header)",
+            path.display()
+        ));
+        }
+        if let Some(loose) = access.and_then(|a| a.loose(trusted_gid(), &path)) {
+            let warning = format!("http.token_file {} {loose}", path.display());
+            with_context(|ctx| ctx.warnings.push(warning));
+        }
+        Ok(TokenFile {
+            token: Sensitive::secret(token, MASK),
+            path,
+        })
+    }
+);

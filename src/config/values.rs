@@ -19,6 +19,35 @@ text_newtype!(ConfPath, "a file system path", |s| {
     }
 });
 
+/// `http.listen`: `unix:PATH` (relative to the config's directory) or an
+/// IP address and port; names are not resolved (`localhost` could be
+/// either family, or something else in /etc/hosts).
+pub(super) struct Listen(pub(super) HttpListen);
+text_newtype!(
+    Listen,
+    "unix:/run/cdrhook/http.sock, 127.0.0.1:9787 or [::1]:9787",
+    |s| {
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err("unix: needs a path, e.g. unix:/run/cdrhook/http.sock".into());
+            }
+            if p.contains('\0') {
+                return Err("the path contains a NUL character".into());
+            }
+            let base = with_context(|ctx| ctx.base.clone());
+            return Ok(Listen(HttpListen::Unix(resolve(&base, Path::new(p)))));
+        }
+        s.parse::<std::net::SocketAddr>()
+            .map(|a| Listen(HttpListen::Tcp(a)))
+            .map_err(|_| {
+                format!(
+                    "{s:?} is not a listen address: write unix:/run/cdrhook/http.sock, \
+                     127.0.0.1:9787 or [::1]:9787 (an IP address and a port, no host name)"
+                )
+            })
+    }
+);
+
 pub(super) struct Dur(pub(super) Duration);
 text_newtype!(Dur, "a duration such as \"30s\", \"5m\" or \"2h\"", |s| {
     parse_duration(s).map(Dur)

@@ -9,9 +9,11 @@
 //! - `watchdog`: systemd's watchdog thread.
 //!
 //! Start-up: config → control socket (refuse if another daemon answers) →
+//! HTTP listener, if configured →
 //! journal → deliveries restored → spool thread (recovery, first scan) →
 //! watchers → READY=1. Shutdown: stop intake → let attempts in flight finish
-//! (at most `delivery.timeout`) → flush the journal → remove the socket.
+//! (at most `delivery.timeout`) → flush the journal → remove the sockets
+//! (the HTTP listener's own task removes its socket once it stopped).
 
 pub mod signals;
 mod timers;
@@ -48,6 +50,8 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Control(#[from] control::BindError),
+    #[error(transparent)]
+    Http(#[from] crate::web::BindError),
     #[error("cannot open the journal at {path} (is another cdrhook using it?): {source}")]
     Journal {
         path: PathBuf,
@@ -78,11 +82,24 @@ pub async fn run(
 
     let listener = control::bind(&cfg.control.socket)?;
     let socket_path = cfg.control.socket.clone();
-    let started = start(live, cfg, listener).await;
+    let http = match cfg.http.as_ref().map(crate::web::bind).transpose() {
+        Ok(http) => http,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket_path);
+            return Err(e.into());
+        }
+    };
+    let http_socket = http
+        .as_ref()
+        .and_then(|l| l.socket_path().map(Path::to_path_buf));
+    let started = start(live, cfg, listener, http).await;
     let (daemon, parts) = match started {
         Ok(ok) => ok,
         Err(e) => {
             let _ = std::fs::remove_file(&socket_path);
+            if let Some(p) = &http_socket {
+                let _ = std::fs::remove_file(p);
+            }
             return Err(e);
         }
     };
@@ -113,6 +130,9 @@ pub async fn run(
     let grace = daemon.handles.config().delivery.timeout + Duration::from_secs(1);
     let all_ended = daemon.handles.dispatcher.shutdown(grace).await;
     let _ = parts.control.await;
+    if let Some(http) = parts.http {
+        let _ = http.await;
+    }
     // A clean stop marks the journal so the next start trusts its counts;
     // with an attempt still running (it could still write), only flush.
     let journal = daemon.handles.journal.clone();
@@ -138,6 +158,7 @@ struct Parts {
     stop: watch::Sender<bool>,
     spool_thread: std::thread::JoinHandle<()>,
     control: tokio::task::JoinHandle<()>,
+    http: Option<tokio::task::JoinHandle<()>>,
     config_changes: mpsc::UnboundedReceiver<()>,
     // Dropping a watcher stops it: keep them for the daemon's lifetime.
     _watchers: Vec<notify::RecommendedWatcher>,
@@ -148,6 +169,7 @@ async fn start(
     live: Arc<LiveConfig>,
     cfg: Arc<Config>,
     listener: tokio::net::UnixListener,
+    http: Option<crate::web::Listener>,
 ) -> Result<(Daemon, Parts), StartError> {
     let journal = Arc::new(
         Journal::open(&cfg.journal.path, JOURNAL_CACHE).map_err(|source| StartError::Journal {
@@ -224,6 +246,12 @@ async fn start(
         daemon.handles.clone(),
         Shutdown::new(stop_rx.clone()),
     ));
+    let http = http.map(|l| {
+        log::info!("http: listening on {}", l.describe());
+        let token = cfg.http.as_ref().and_then(|h| h.token.clone());
+        let stop = Shutdown::new(stop_rx.clone());
+        tokio::spawn(crate::web::serve(l, daemon.handles.clone(), token, stop))
+    });
     tokio::spawn(timers::prune(
         journal.clone(),
         live,
@@ -244,6 +272,7 @@ async fn start(
             stop,
             spool_thread,
             control,
+            http,
             config_changes,
             _watchers: watchers,
             _spool_watch: spool_watch,

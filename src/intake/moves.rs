@@ -270,6 +270,7 @@ impl Rejections {
     }
 
     fn note(&self, file: &str, why: &Rejection, not_moved: Option<String>) {
+        crate::metrics::file_rejected(why.kind());
         let mut s = lock(&self.0);
         s.count += 1;
         s.last = Some(LastRejection {

@@ -75,6 +75,26 @@ pub enum Rejection {
     },
 }
 
+impl Rejection {
+    /// A short, stable label for the reason (the `reason` of
+    /// `cdrhook_files_rejected_total`, contract §9).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::Empty => "empty",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::NotRegularFile(_) => "not_regular_file",
+            Rejection::NotUtf8 { .. } => "not_utf8",
+            Rejection::InvalidJson { .. } => "invalid_json",
+            Rejection::NotAnObject { .. } => "not_an_object",
+            Rejection::EmptyArray => "empty_array",
+            Rejection::UnknownEventType { .. } => "unknown_event_type",
+            Rejection::Unclassifiable { .. } => "unclassifiable",
+            Rejection::TestEventFromSpool { .. } => "test_event",
+            Rejection::Unreadable { .. } => "unreadable",
+        }
+    }
+}
+
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let at = |index: &Option<usize>| match index {

@@ -477,6 +477,7 @@ fn move_batch(
 
 /// Hands new deliveries to their workers and lets finished files go.
 pub(super) fn dispatch(dispatcher: &Dispatcher, spool: &SpoolConfig, outcome: IngestOutcome) {
+    crate::metrics::cdrs_ingested(outcome.new_cdrs);
     let mut by_sub: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
     for (sub, id) in outcome.new_deliveries {
         by_sub.entry(sub).or_default().push((id, None));

@@ -26,6 +26,7 @@
 mod counts;
 mod ingest;
 mod migrate;
+mod oldest;
 mod queries;
 pub mod records;
 mod repair;

@@ -443,13 +443,13 @@ impl Drop for Continue<'_> {
 // 6. The journal's disk fills up
 
 /// A tmpfs mounted for the test; unmounted (lazily) on drop, even on panic.
-struct TmpfsMount {
+pub(crate) struct TmpfsMount {
     path: PathBuf,
 }
 
 impl TmpfsMount {
     /// Mounts a tmpfs of `size` (e.g. "8m") at `path`, or says why not.
-    fn mount(path: &Path, size: &str) -> Result<TmpfsMount, String> {
+    pub(crate) fn mount(path: &Path, size: &str) -> Result<TmpfsMount, String> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("not running as root".to_string());
@@ -496,7 +496,7 @@ impl Drop for TmpfsMount {
 
 /// Fills the filesystem of `path` with one file until a write fails with
 /// ENOSPC; returns its size.
-fn fill_with_ballast(path: &Path) -> u64 {
+pub(crate) fn fill_with_ballast(path: &Path) -> u64 {
     let mut file = fs::File::create(path).expect("create the ballast");
     let chunk = vec![0u8; 64 * 1024];
     let mut size = 0u64;

@@ -19,3 +19,4 @@ mod operator_load;
 mod reload;
 mod secrets;
 mod spool;
+mod web;
