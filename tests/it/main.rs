@@ -20,3 +20,4 @@ mod reload;
 mod secrets;
 mod spool;
 mod web;
+mod web_page;
