@@ -391,7 +391,15 @@ fn attempts_are_filtered_and_paged_like_the_cli() {
         assert!(!r.body.contains(&format!(">{}<", ids[3])), "{}", r.body);
         assert!(r.body.contains("« Newest"));
         // Bad filters are said, not ignored.
-        for q in ["limit=0", "limit=x", "event_type=Nope", "since=yesterday"] {
+        for q in [
+            "limit=0",
+            "limit=x",
+            "limit=501",
+            "event_type=Nope",
+            "since=yesterday",
+            "before=d3",
+            "before=zz",
+        ] {
             let r = w.get(&format!("/attempts?{q}"), None).await;
             assert_eq!(r.status, 400, "{q}");
             assert!(r.body.contains("class=\"notice bad\""), "{q}: {}", r.body);

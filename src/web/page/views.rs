@@ -654,3 +654,37 @@ fn show_body(id: &str, v: &ShowResponse, token: &str) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_read_the_query_and_say_the_same_as_the_cli() {
+        // (query, the `cdrhook attempts` line, the query it links back to)
+        for (query, cli, back) in [
+            ("", "cdrhook attempts", ""),
+            (
+                "subscription=my+crm&failed=1&limit=10",
+                "cdrhook attempts --subscription 'my crm' --failed --limit 10",
+                "subscription=my%20crm&failed=1&limit=10",
+            ),
+            (
+                "call_id=c-1&event_type=App.QueueWebhook&since=2h&failed=",
+                "cdrhook attempts --call-id c-1 --event-type App.QueueWebhook --since 2h",
+                "call_id=c-1&event_type=App.QueueWebhook&since=2h",
+            ),
+            ("subscription=&call_id=+&before=a9", "cdrhook attempts", ""),
+        ] {
+            let f = Filters::parse(query).unwrap_or_else(|e| panic!("{query}: {e}"));
+            assert_eq!(html::shell_line(&f.cli()), cli, "{query}");
+            assert_eq!(f.query(None), back, "{query}");
+        }
+        let paged = Filters::parse("subscription=crm&before=a9").expect("parse");
+        assert_eq!(paged.before.as_deref(), Some("a9"));
+        assert_eq!(paged.query(Some("a5")), "subscription=crm&before=a5");
+        for bad in ["limit=0", "limit=501", "limit=-1", "event_type=App.Nope"] {
+            assert!(Filters::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
