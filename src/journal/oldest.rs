@@ -63,3 +63,96 @@ impl Journal {
         written.map_err(|e| format!("cannot write in {}: {e}", self.path.display()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Attempt, IngestFile, State, Trigger};
+    use super::*;
+    use crate::time::now_ms;
+
+    fn ingest(j: &Journal, call: &str, subs: &[&str]) -> Vec<(String, DeliveryId)> {
+        let body = format!(r#"{{"QueueId":"q","CallId":"{call}"}}"#);
+        let file = IngestFile {
+            inflight_name: format!("x-{call}.json"),
+            cdrs: crate::cdr::parse_file(body.as_bytes()).expect("cdr"),
+            identity: None,
+        };
+        let names: Vec<String> = subs.iter().map(|s| s.to_string()).collect();
+        j.ingest(&[file], &|_| names.clone())
+            .expect("ingest")
+            .new_deliveries
+    }
+
+    fn deliver(j: &Journal, id: DeliveryId) {
+        let mut d = j.delivery(id).expect("read").expect("exists");
+        d.state = State::Delivered;
+        d.attempts += 1;
+        d.ended_ms = Some(now_ms());
+        let a = Attempt {
+            id: j.next_id().expect("id"),
+            delivery_id: d.id,
+            time_ms: now_ms(),
+            subscription: d.subscription.clone(),
+            event_type: d.event_type.clone(),
+            call_id: d.call_id.clone(),
+            webhook_id: d.cdr_id.clone(),
+            attempt: d.attempts,
+            status: Some(200),
+            error: None,
+            duration_ms: 1,
+            trigger: Trigger::Auto,
+            request_headers: vec![],
+            response_headers: vec![],
+            response_body: None,
+        };
+        j.record_attempt(&d, &a).expect("record");
+    }
+
+    #[test]
+    fn the_first_open_delivery_is_found_from_where_the_last_answer_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+        assert_eq!(j.first_open_of("a", 0).expect("read"), None);
+        let before = now_ms();
+        let one = ingest(&j, "1", &["a", "b"]);
+        let two = ingest(&j, "2", &["a", "b"]);
+        let id = |set: &[(String, DeliveryId)], sub: &str| {
+            set.iter().find(|(s, _)| s == sub).expect("delivery").1
+        };
+        let (a1, b1, a2) = (id(&one, "a"), id(&one, "b"), id(&two, "a"));
+        let (first, created) = j.first_open_of("a", 0).expect("read").expect("open");
+        assert_eq!(first, a1);
+        assert!(created >= before && created <= now_ms());
+        assert_eq!(
+            j.first_open_of("b", 0).expect("read").map(|f| f.0),
+            Some(b1)
+        );
+        // Asked again from the answer: the same while it is open.
+        assert_eq!(
+            j.first_open_of("a", a1).expect("read").map(|f| f.0),
+            Some(a1)
+        );
+        // Once it ended, the next one of the same subscription.
+        deliver(&j, a1);
+        assert_eq!(
+            j.first_open_of("a", a1).expect("read").map(|f| f.0),
+            Some(a2)
+        );
+        assert_eq!(
+            j.first_open_of("b", b1).expect("read").map(|f| f.0),
+            Some(b1)
+        );
+        deliver(&j, a2);
+        assert_eq!(j.first_open_of("a", a2).expect("read"), None);
+        assert_eq!(j.first_open_of("nobody", 0).expect("read"), None);
+    }
+
+    #[test]
+    fn a_journal_directory_that_takes_writes_is_writable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+        assert_eq!(j.writable(), Ok(()));
+        // The probe leaves nothing behind.
+        assert!(!dir.path().join("j").join(PROBE).exists());
+    }
+}

@@ -531,7 +531,7 @@ fn tcp_without_a_token_file_refuses_to_start() {
 }
 
 #[test]
-fn unix_socket_is_0660_answers_without_token_and_is_removed_at_exit() {
+fn unix_socket_is_0660_answers_without_token_is_removed_at_exit_and_waits_for_a_restart() {
     let dir = TestDir::new();
     let receiver = Receiver::start();
     let (sock, listen) = unix_listen(&dir);
@@ -570,7 +570,30 @@ fn unix_socket_is_0660_answers_without_token_and_is_removed_at_exit() {
     let mut daemon = Daemon::start(&dir);
     daemon.kill9();
     assert!(sock.exists());
-    let _daemon = Daemon::start(&dir);
+    let daemon = Daemon::start(&dir);
+    assert_eq!(http(&target, "GET", "/healthz", &[], b"").status, 200);
+
+    // A new address waits for a restart; the running listener goes on.
+    let other = dir.path().join("other.sock");
+    write_config(
+        &dir,
+        &subscription("ok", &receiver.url("/ok"), &["*"]),
+        "timeout: 2s\n",
+        &format!(
+            "listen: {}\n",
+            yaml_str(&format!("unix:{}", other.display()))
+        ),
+    );
+    wait_for(
+        DEADLINE,
+        "status to say http.listen waits for a restart",
+        || {
+            daemon.status()["config"]["restart_required"]
+                .as_array()
+                .is_some_and(|keys| keys.iter().any(|k| k == "http.listen"))
+        },
+    );
+    assert!(!other.exists());
     assert_eq!(http(&target, "GET", "/healthz", &[], b"").status, 200);
 }
 
