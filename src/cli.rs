@@ -222,6 +222,7 @@ fn run_command(cli: &Cli, config_path: &Path) -> Result<i32, UsageError> {
                     event_type: event_type.clone(),
                     since: since.as_deref().map(since_arg).transpose()?,
                     limit: Some(*limit),
+                    before: None,
                 },
             )
         }

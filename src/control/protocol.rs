@@ -87,6 +87,7 @@ mod tests {
             event_type: None,
             since: Some("2h".into()),
             limit: Some(5),
+            before: Some("a9".into()),
         });
         let line = serde_json::to_vec(&r).expect("encode");
         assert_eq!(parse(&line), Ok(r));

@@ -21,3 +21,4 @@ mod reload;
 mod secrets;
 mod spool;
 mod web;
+mod web_page;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::{cell, lane, local_time, result_text, since, table, write_line};
+use super::{cell, lane, local_time, parse_id, result_text, since, table, write_line, Id};
 use super::{AttemptView, CmdError, Command};
 use crate::control::protocol::{self, Request};
 use crate::control::Handles;
@@ -41,6 +41,11 @@ pub struct Attempts {
     pub since: Option<String>,
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only attempts older than this one (an attempt id, `a123`): the next
+    /// page after a page that ended with it. The Webhooks page's paging;
+    /// not sent when unset, so the CLI's requests are as they were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<String>,
 }
 
 impl From<Attempts> for Request {
@@ -108,6 +113,10 @@ impl Attempts {
             Ok(ms) => ms,
             Err(e) => return write_line(out, &protocol::error(e.to_string())).await,
         };
+        let start = match self.before.as_deref().map(before_id).transpose() {
+            Ok(id) => id,
+            Err(e) => return write_line(out, &protocol::error(e.to_string())).await,
+        };
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         let filter = Arc::new(AttemptFilter {
             subscription: self.subscription,
@@ -121,7 +130,7 @@ impl Attempts {
             0 => PAGE,
             n => PAGE.min(n - listed),
         };
-        let (mut listed, mut before, mut started) = (0usize, None, false);
+        let (mut listed, mut before, mut started) = (0usize, start, false);
         loop {
             let f = filter.clone();
             let max = want(listed);
@@ -152,6 +161,16 @@ impl Attempts {
             }
         }
         out.write_all(b"]}\n").await
+    }
+}
+
+/// `before`: an attempt id (`a123` or `123`); a delivery id is refused.
+fn before_id(text: &str) -> Result<AttemptId, CmdError> {
+    match parse_id(text)? {
+        Id::Attempt(n) | Id::Either(n) => Ok(n),
+        Id::Delivery(_) => Err(CmdError::Refused(format!(
+            "before: {text:?} is a delivery id; name an attempt (a123)"
+        ))),
     }
 }
 
