@@ -60,6 +60,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -69,6 +70,7 @@ use serde::Deserialize;
 use crate::redact::{is_credential_header, trusted_gid, FileAccess, MASK};
 pub use crate::redact::{Redactor, Sensitive};
 
+mod auth;
 mod expand;
 pub mod live;
 mod raw;
@@ -76,6 +78,8 @@ mod secrets;
 mod validate;
 mod values;
 
+use auth::{AuthEntry, TlsEntry};
+pub use auth::{ClientTls, OAuth2};
 use expand::*;
 use raw::*;
 use secrets::*;
@@ -243,6 +247,10 @@ pub struct Subscription {
     /// Scrubs this subscription's secret values (expanded endpoint,
     /// credential header values) from what comes back from the network.
     pub redactor: Redactor,
+    /// `auth` (contract §10): an OAuth2 token sent as `Authorization: Bearer`.
+    pub auth: Option<Arc<OAuth2>>,
+    /// `tls` (contract §10): the client certificate presented to the endpoint.
+    pub tls: Option<ClientTls>,
 }
 
 impl Subscription {
@@ -614,6 +622,8 @@ subscriptions:
                 key: SECRET_KEY.to_vec(),
             }),
             redactor,
+            auth: None,
+            tls: None,
         }];
         // The secret is written in the file itself.
         expected.secrets_in_file = vec!["subscriptions[crm].secret".into()];

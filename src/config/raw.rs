@@ -63,6 +63,31 @@ impl<'de> Deserialize<'de> for SubscriptionEntry {
                         in_file.push(format!("subscriptions[{name}].headers.{}", h.name));
                     }
                 }
+                let auth = match raw.auth {
+                    Some(a) => {
+                        if let Some(h) = headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+                        {
+                            return Err(de::Error::custom(format!(
+                                "header {:?} and auth both set Authorization; remove the header",
+                                h.name
+                            )));
+                        }
+                        redactor.add(a.oauth2.client_secret.expose(), MASK);
+                        if a.oauth2.token_url.is_secret() {
+                            redactor.add(a.oauth2.token_url.expose(), a.oauth2.token_url.shown());
+                            for value in &a.url_values {
+                                redactor.add(value, MASK);
+                            }
+                        }
+                        if a.literal_secret {
+                            in_file.push(format!("subscriptions[{name}].auth.client_secret"));
+                        }
+                        Some(a.oauth2)
+                    }
+                    None => None,
+                };
                 with_context(|ctx| ctx.secrets_in_file.extend(in_file));
                 Ok(SubscriptionEntry(Subscription {
                     name,
@@ -72,6 +97,8 @@ impl<'de> Deserialize<'de> for SubscriptionEntry {
                     headers,
                     secret,
                     redactor,
+                    auth,
+                    tls: raw.tls.map(|t| t.0),
                 }))
             }
         }
@@ -138,6 +165,8 @@ pub(super) struct RawSubscription {
     pub(super) headers: Option<Headers>,
     pub(super) secret: Option<SecretValue>,
     pub(super) secret_file: Option<SecretFile>,
+    pub(super) auth: Option<AuthEntry>,
+    pub(super) tls: Option<TlsEntry>,
 }
 
 impl RawConfig {
