@@ -14,7 +14,7 @@ use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use crate::config::live::AgentError;
 use crate::config::{DeliveryConfig, Subscription};
-use crate::redact::{is_credential_header, MASK, MIN_SCRUBBED_LEN};
+use crate::redact::{is_credential_header, MASK};
 
 use super::sign::signature;
 
@@ -180,17 +180,9 @@ pub fn send_with(agent: &ureq::Agent, out: &Outgoing, bearer: Option<&str>) -> O
         })
         .collect();
 
-    let scrub = |text: String| {
-        let text = match out.sub.redactor.scrub(&text) {
-            std::borrow::Cow::Borrowed(_) => text,
-            std::borrow::Cow::Owned(scrubbed) => scrubbed,
-        };
-        match bearer {
-            Some(token) if token.len() >= MIN_SCRUBBED_LEN && text.contains(token) => {
-                text.replace(token, MASK)
-            }
-            _ => text,
-        }
+    let scrub = |text: String| match out.sub.redactor.scrub_with(&text, bearer) {
+        std::borrow::Cow::Borrowed(_) => text,
+        std::borrow::Cow::Owned(scrubbed) => scrubbed,
     };
     let started = Instant::now();
     let mut outcome = Outcome {
