@@ -478,7 +478,7 @@ mod tests {
                 "      type: basic\n      token_url: https://l/t\n      client_id: a\n      client_secret: x\n".into(),
                 6, 13, "unknown variant `basic`",
             ),
-            (format!("{base}"), 6, 7, "give client_secret or client_secret_file"),
+            (base.to_string(), 6, 7, "give client_secret or client_secret_file"),
             (
                 format!("{base}      client_secret: x\n      client_secret_file: /nonexistent/s\n"),
                 10, 27, "cannot read client secret file /nonexistent/s",

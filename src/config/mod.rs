@@ -14,6 +14,8 @@
 //!   lists, each validated where its position is known;
 //! - `expand`: `${VAR}`;
 //! - `secrets`: `secret`, `secret_file`, and loose-permission warnings;
+//! - `auth`: a subscription's `auth` (OAuth2) and `tls` (client
+//!   certificate) keys, contract §10;
 //! - `validate`: line/column errors, path resolution, and the
 //!   deserialization context;
 //! - `live`: the live snapshot and the one reload path (with the file
@@ -31,7 +33,7 @@
 //!   position of the node being deserialized to any error raised there, which
 //!   is the only way to get positions for semantic errors.
 //! - `${VAR}` is expanded in `subscriptions[].endpoint`, header values,
-//!   `secret` and `secret_file`. `$$` stands for a literal `$` (so `$${X}` is
+//!   `secret`, `secret_file`, and the values of `auth` and `tls`. `$$` stands for a literal `$` (so `$${X}` is
 //!   the literal text `${X}`), and a `$` not followed by `{` is kept as is. An
 //!   unset variable refuses the file.
 //! - What is a secret is decided here, once, by the rule in
@@ -43,7 +45,8 @@
 //!   a `secret_file`, or a config file holding a secret written literally,
 //!   that every user may read (like ssh with a loose private key).
 //! - Relative paths (`spool.dir`, `spool.archive_dir`, `spool.rejected_dir`,
-//!   `journal.path`, `control.socket`, `delivery.ca_file` and `secret_file`)
+//!   `journal.path`, `control.socket`, `delivery.ca_file`, `secret_file`,
+//!   `auth.client_secret_file` and `tls.*`)
 //!   are resolved against the directory holding the config file, so a
 //!   quick-start config with relative paths works whatever the daemon's cwd.
 //! - A secret is `whsec_` (optional) followed by standard base64; the decoded
