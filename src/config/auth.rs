@@ -144,6 +144,81 @@ impl<'de> Deserialize<'de> for AuthEntry {
     }
 }
 
+/// The checks of `auth` and `tls` against the rest of their subscription,
+/// and what they add to it: the client secret (and a `${VAR}` token URL)
+/// to its redactor, a literal client secret to the file's secrets, and
+/// warnings for a certificate or a client secret that would travel
+/// unencrypted. Raised from inside the subscription's `visit_map`, so a
+/// refusal carries its position.
+pub(super) fn check_subscription(
+    name: &str,
+    auth: Option<AuthEntry>,
+    tls: Option<&TlsEntry>,
+    endpoint: &Sensitive,
+    headers: &[Header],
+    redactor: &mut Redactor,
+    in_file: &mut Vec<String>,
+) -> Result<Option<Arc<OAuth2>>, String> {
+    if tls.is_some() && !is_https(endpoint.expose()) {
+        let warning = format!(
+            "subscriptions[{name}].tls: the endpoint is not https, so the client certificate is never presented"
+        );
+        with_context(|ctx| ctx.warnings.push(warning));
+    }
+    let Some(a) = auth else {
+        return Ok(None);
+    };
+    if let Some(h) = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
+    {
+        return Err(format!(
+            "header {:?} and auth both set Authorization; remove the header",
+            h.name
+        ));
+    }
+    redactor.add(a.oauth2.client_secret.expose(), MASK);
+    if a.oauth2.token_url.is_secret() {
+        redactor.add(a.oauth2.token_url.expose(), a.oauth2.token_url.shown());
+        for value in &a.url_values {
+            redactor.add(value, MASK);
+        }
+    }
+    if a.literal_secret {
+        in_file.push(format!("subscriptions[{name}].auth.client_secret"));
+    }
+    let url = a.oauth2.token_url.expose();
+    if !is_https(url) && !is_loopback(url) {
+        let warning = format!(
+            "subscriptions[{name}].auth.token_url {} is not https: the client secret and the token travel unencrypted",
+            a.oauth2.token_url.shown()
+        );
+        with_context(|ctx| ctx.warnings.push(warning));
+    }
+    Ok(Some(a.oauth2))
+}
+
+fn is_https(url: &str) -> bool {
+    url.get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+/// An http URL to this machine (127.0.0.0/8, `localhost`, `[::1]`): a
+/// token endpoint on the box itself needs no TLS.
+fn is_loopback(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host == "::1"
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Checks a value that goes into the token request's form: not empty, no
 /// control characters. The value is never echoed (it may be a secret).
 fn check_form_value(text: &str, used_var: bool) -> Result<(), String> {
@@ -524,6 +599,50 @@ mod tests {
         let text = format!("{HEAD}    headers:\n      authorization: Bearer x\n    auth:\n      type: oauth2_client_credentials\n      token_url: https://l/t\n      client_id: a\n      client_secret: x\n");
         let message = refused(dir.path(), &text, 2, 5);
         assert!(message.contains("both set Authorization"), "{message}");
+    }
+
+    #[test]
+    fn a_certificate_or_a_client_secret_that_would_travel_in_clear_is_a_warning() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (_, _, _) = cert_files(dir.path());
+        let sub = |endpoint: &str, token_url: &str| {
+            format!(
+                "subscriptions:\n  - name: crm\n    endpoint: {endpoint}\n    events: [\"*\"]\n    tls:\n      client_cert: client.pem\n      client_key: client.key\n    auth:\n      type: oauth2_client_credentials\n      token_url: {token_url}\n      client_id: a\n      client_secret: \"${{S}}\"\n"
+            )
+        };
+        // (endpoint, token URL, warnings that start so)
+        for (endpoint, token_url, want) in [
+            ("https://crm/h", "https://login/t", vec![]),
+            ("https://crm/h", "http://127.0.0.1:8080/t", vec![]),
+            ("https://crm/h", "http://localhost/t", vec![]),
+            ("https://crm/h", "http://[::1]:9/t", vec![]),
+            (
+                "https://crm/h",
+                "http://login.example.com/t",
+                vec!["subscriptions[crm].auth.token_url http://login.example.com/t is not https"],
+            ),
+            (
+                "http://crm/h",
+                "https://login/t",
+                vec!["subscriptions[crm].tls: the endpoint is not https"],
+            ),
+        ] {
+            let c = parse_in(dir.path(), &sub(endpoint, token_url), &[("S", "secret")])
+                .unwrap_or_else(|e| panic!("{e}"));
+            let warnings: Vec<&String> = c
+                .warnings
+                .iter()
+                .filter(|w| !w.contains("every user") && !w.contains("can be read"))
+                .collect();
+            assert_eq!(
+                warnings.len(),
+                want.len(),
+                "{endpoint} {token_url}: {warnings:?}"
+            );
+            for (w, start) in warnings.iter().zip(&want) {
+                assert!(w.starts_with(start), "{w}");
+            }
+        }
     }
 
     /// A certificate and its key, and another key, as PEM files in `dir`.

@@ -33,9 +33,10 @@
 //!   position of the node being deserialized to any error raised there, which
 //!   is the only way to get positions for semantic errors.
 //! - `${VAR}` is expanded in `subscriptions[].endpoint`, header values,
-//!   `secret`, `secret_file`, and the values of `auth` and `tls`. `$$` stands for a literal `$` (so `$${X}` is
-//!   the literal text `${X}`), and a `$` not followed by `{` is kept as is. An
-//!   unset variable refuses the file.
+//!   `secret`, `secret_file`, and the values of `auth` and `tls`. `$$`
+//!   stands for a literal `$` (so `$${X}` is the literal text `${X}`), and a
+//!   `$` not followed by `{` is kept as is. An unset variable refuses the
+//!   file.
 //! - What is a secret is decided here, once, by the rule in
 //!   [`crate::redact`]: a header value that used a variable, or whose header
 //!   name says credential, is a [`Sensitive`] shown as `***`; an endpoint

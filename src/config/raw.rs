@@ -63,31 +63,16 @@ impl<'de> Deserialize<'de> for SubscriptionEntry {
                         in_file.push(format!("subscriptions[{name}].headers.{}", h.name));
                     }
                 }
-                let auth = match raw.auth {
-                    Some(a) => {
-                        if let Some(h) = headers
-                            .iter()
-                            .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-                        {
-                            return Err(de::Error::custom(format!(
-                                "header {:?} and auth both set Authorization; remove the header",
-                                h.name
-                            )));
-                        }
-                        redactor.add(a.oauth2.client_secret.expose(), MASK);
-                        if a.oauth2.token_url.is_secret() {
-                            redactor.add(a.oauth2.token_url.expose(), a.oauth2.token_url.shown());
-                            for value in &a.url_values {
-                                redactor.add(value, MASK);
-                            }
-                        }
-                        if a.literal_secret {
-                            in_file.push(format!("subscriptions[{name}].auth.client_secret"));
-                        }
-                        Some(a.oauth2)
-                    }
-                    None => None,
-                };
+                let auth = auth::check_subscription(
+                    &name,
+                    raw.auth,
+                    raw.tls.as_ref(),
+                    &endpoint.url,
+                    &headers,
+                    &mut redactor,
+                    &mut in_file,
+                )
+                .map_err(de::Error::custom)?;
                 with_context(|ctx| ctx.secrets_in_file.extend(in_file));
                 Ok(SubscriptionEntry(Subscription {
                     name,
