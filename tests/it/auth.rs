@@ -70,12 +70,12 @@ fn attempts_of(daemon: &Daemon, sub: &str) -> Vec<Value> {
 #[test]
 fn a_token_is_fetched_with_the_form_cached_and_renewed_before_it_expires() {
     let tokens = Receiver::start();
-    // A 4 s token is renewed after 2 s (half its lifetime: a minute would
+    // A 6 s token is renewed after 3 s (half its lifetime: a minute would
     // be more); the second answer has no expires_in (an hour is assumed).
     tokens.set(
         "/token",
         Behaviour::Sequence(vec![
-            token_answer("tok-first-4s", Some(4)),
+            token_answer("tok-first-6s", Some(6)),
             token_answer("tok-second", None),
         ]),
     );
@@ -97,7 +97,7 @@ fn a_token_is_fetched_with_the_form_cached_and_renewed_before_it_expires() {
 
     dir.drop_file("a.json", &make_cdr(1));
     let got = crm.wait_for_requests("/crm", 1, DEADLINE);
-    assert_eq!(bearer(&got[0]).as_deref(), Some("Bearer tok-first-4s"));
+    assert_eq!(bearer(&got[0]).as_deref(), Some("Bearer tok-first-6s"));
     let asked = tokens.requests_for("/token");
     assert_eq!(asked.len(), 1);
     assert_eq!(asked[0].method, "POST");
@@ -125,7 +125,7 @@ fn a_token_is_fetched_with_the_form_cached_and_renewed_before_it_expires() {
     // Cached: the next CDR goes with the same token, without asking again.
     dir.drop_file("b.json", &make_cdr(2));
     let got = crm.wait_for_requests("/crm", 2, DEADLINE);
-    assert_eq!(bearer(&got[1]).as_deref(), Some("Bearer tok-first-4s"));
+    assert_eq!(bearer(&got[1]).as_deref(), Some("Bearer tok-first-6s"));
     assert_eq!(tokens.count("/token"), 1);
     let auth = daemon.subscription_status("crm")["auth"].clone();
     assert_eq!(auth["type"], "oauth2_client_credentials", "{auth:#}");
@@ -134,9 +134,10 @@ fn a_token_is_fetched_with_the_form_cached_and_renewed_before_it_expires() {
     assert_eq!(auth["token_lifetime_assumed"], false);
     assert_eq!(auth["last_token_error"], Value::Null);
 
-    // Past its renewal time (2 s after it was issued), a new token is
-    // fetched before the next request. The wait is the rule's, not a hope.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Past its renewal time (3 s after it was issued) but before it
+    // expires, a new token is fetched before the next request. The wait is
+    // the rule's, not a hope.
+    std::thread::sleep(Duration::from_millis(3500));
     dir.drop_file("c.json", &make_cdr(3));
     let got = crm.wait_for_requests("/crm", 3, DEADLINE);
     assert_eq!(bearer(&got[2]).as_deref(), Some("Bearer tok-second"));
@@ -357,7 +358,7 @@ fn a_client_certificate_is_presented_and_without_one_the_server_refuses() {
     // Only the request with the certificate got through.
     assert_eq!(server.count("/crm"), 1);
     assert!(!server.tls_failures().is_empty());
-    let failed = &attempts_of(&daemon, "nocert")[0];
+    let failed = attempts_of(&daemon, "nocert")[0].clone();
     assert_eq!(failed["status"], Value::Null, "{failed:#}");
     assert!(failed["error"].is_string(), "{failed:#}");
     let mtls = daemon.subscription_status("mtls");
@@ -371,6 +372,16 @@ fn a_client_certificate_is_presented_and_without_one_the_server_refuses() {
     // The next CDR: the certificate again (no pooled connection lost it).
     dir.drop_file("b.json", &make_cdr(2));
     wait_delivered(&daemon, &[("mtls", 2)], DEADLINE);
+    assert_eq!(server.count("/crm"), 2);
+    // And a connection made with mtls's certificate never carries
+    // nocert's request: sent again now, it still fails.
+    let id = failed["id"].as_str().expect("attempt id").to_string();
+    daemon.cli(&["resend", &id]);
+    wait_for(DEADLINE, "nocert's second attempt", || {
+        attempts_of(&daemon, "nocert").len() == 2
+    });
+    let again = &attempts_of(&daemon, "nocert")[0];
+    assert!(again["error"].is_string(), "{again:#}");
     assert_eq!(server.count("/crm"), 2);
 }
 
@@ -439,4 +450,57 @@ fn a_wrong_or_missing_key_is_refused_naming_the_file_at_start_and_at_reload() {
         (reload.stdout.clone() + &reload.stderr).contains(&other),
         "{reload:?}"
     );
+}
+
+#[test]
+fn a_token_answer_that_is_too_large_or_no_token_is_a_failed_attempt() {
+    let tokens = Receiver::start();
+    let json = |body: Vec<u8>| Behaviour::Respond {
+        status: 200,
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body,
+    };
+    let huge = format!(r#"{{"access_token":"{}"}}"#, "x".repeat(70 * 1024));
+    tokens.set(
+        "/token",
+        Behaviour::Sequence(vec![
+            json(huge.into_bytes()),
+            json(b"<html>sign in</html>".to_vec()),
+            token_answer("tok-good", Some(3600)),
+        ]),
+    );
+    let crm = Receiver::start();
+    let dir = TestDir::new();
+    let sub = subscription_with(
+        "crm",
+        &crm.url("/crm"),
+        &["*"],
+        &auth_block(&tokens.url("/token"), ""),
+    );
+    let schedule = vec!["300ms"; 40].join(", ");
+    dir.config()
+        .subscriptions(&sub)
+        .delivery(&format!("timeout: 2s\nretry_schedule: [{schedule}]"))
+        .write();
+    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
+    dir.drop_file("a.json", &make_cdr(1));
+    wait_delivered(&daemon, &[("crm", 1)], DEADLINE);
+    let errors: Vec<String> = attempts_of(&daemon, "crm")
+        .iter()
+        .filter_map(|a| a["error"].as_str().map(str::to_string))
+        .collect();
+    let url = tokens.url("/token");
+    for said in [
+        format!("token request to {url} failed: HTTP 200, but the answer is larger than 64 KiB"),
+        format!(
+            "token request to {url} failed: HTTP 200, but the answer is not a JSON token response"
+        ),
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(&said)),
+            "{said}: {errors:#?}"
+        );
+    }
+    assert_eq!(tokens.count("/token"), 3);
+    assert_eq!(crm.count("/crm"), 1);
 }
