@@ -311,11 +311,14 @@ fn token(
     // before it got, and decides again.
     let _fetching = lock(&slot.fetching);
     let now = now_ms();
-    let decision = lock(&slot.state).decide(now);
-    let cached = lock(&slot.state).valid(now);
-    match decision {
-        Decision::Use => cached.ok_or_else(|| "no token (internal)".to_string()),
-        Decision::Wait => {
+    // Both under one lock: a 401 elsewhere may drop the token meanwhile.
+    let (decision, cached) = {
+        let state = lock(&slot.state);
+        (state.decide(now), state.valid(now))
+    };
+    match (decision, cached) {
+        (Decision::Use, Some(token)) => Ok(token),
+        (Decision::Wait, _) => {
             let state = lock(&slot.state);
             let (at, message) = state
                 .last_error
@@ -327,7 +330,8 @@ fn token(
                 crate::time::rfc3339(state.retry_at_ms.unwrap_or(now))
             ))
         }
-        Decision::Renew | Decision::Fetch => match fetch(agent, &slot.auth, redactor) {
+        // Renew, Fetch (and Use without a token, which the rule never gives).
+        _ => match fetch(agent, &slot.auth, redactor) {
             Ok(fetched) => {
                 let token = Token::new(fetched.access_token, now_ms(), fetched.lifetime);
                 let value = token.value.clone();
