@@ -320,13 +320,12 @@ fn token(
         (Decision::Use, Some(token)) => Ok(token),
         (Decision::Wait, _) => {
             let state = lock(&slot.state);
-            let (at, message) = state
+            let message = state
                 .last_error
-                .clone()
-                .unwrap_or((now, "token request failed".into()));
+                .as_ref()
+                .map_or("token request failed", |(_, m)| m.as_str());
             Err(format!(
-                "{message} (at {}; the next token request is not before {})",
-                crate::time::rfc3339(at),
+                "{message}; not asked again before {}",
                 crate::time::rfc3339(state.retry_at_ms.unwrap_or(now))
             ))
         }
