@@ -214,7 +214,9 @@ fn a_401_drops_the_token_and_the_request_is_sent_once_more_with_a_new_one() {
     assert_eq!(tokens.count("/token"), 3);
     let last = &attempts_of(&daemon, "crm")[0];
     assert_eq!(last["status"], 401, "{last:#}");
-    assert_eq!(daemon.counter("crm", "retrying"), 1);
+    wait_for(DEADLINE, "the second CDR retrying", || {
+        daemon.counter("crm", "retrying") == 1
+    });
 }
 
 #[test]
@@ -357,7 +359,9 @@ fn a_client_certificate_is_presented_and_without_one_the_server_refuses() {
     });
     // Only the request with the certificate got through.
     assert_eq!(server.count("/crm"), 1);
-    assert!(!server.tls_failures().is_empty());
+    wait_for(DEADLINE, "the server's refused handshake", || {
+        !server.tls_failures().is_empty()
+    });
     let failed = attempts_of(&daemon, "nocert")[0].clone();
     assert_eq!(failed["status"], Value::Null, "{failed:#}");
     assert!(failed["error"].is_string(), "{failed:#}");
