@@ -17,7 +17,12 @@
 //! - free text that comes back from the network (an error, a redirect's
 //!   `Location`, a response header or body that echoes the request) is
 //!   scrubbed of every secret value the subscription sends, before it is
-//!   journaled or logged.
+//!   journaled or logged;
+//! - an OAuth2 `client_secret` (contract §10) is a secret value of its
+//!   subscription like a credential header's; an access token, which only
+//!   exists at run time, is scrubbed from what comes back for the request
+//!   that carried it ([`Redactor::scrub_with`]) and its `Authorization`
+//!   header is masked by name.
 //!
 //! A [`Sensitive`] value only gives up its real text through
 //! [`Sensitive::expose`], which is meant for the HTTP request alone; its
@@ -139,6 +144,19 @@ impl Redactor {
         self.add(value, MASK);
         if let Some((_, last)) = value.trim().rsplit_once(char::is_whitespace) {
             self.add(last, MASK);
+        }
+    }
+
+    /// `text` with every secret replaced, and `also` (a secret known only
+    /// at run time, such as an access token) as [`MASK`], unless it is
+    /// shorter than [`MIN_SCRUBBED_LEN`].
+    pub fn scrub_with<'a>(&self, text: &'a str, also: Option<&str>) -> Cow<'a, str> {
+        let out = self.scrub(text);
+        match also {
+            Some(secret) if secret.len() >= MIN_SCRUBBED_LEN && out.contains(secret) => {
+                Cow::Owned(out.replace(secret, MASK))
+            }
+            _ => out,
         }
     }
 
@@ -291,6 +309,25 @@ mod tests {
             assert_eq!(r.scrub(text), want, "{text}");
         }
         assert!(!format!("{r:?}").contains("tok-123456"));
+    }
+
+    #[test]
+    fn a_run_time_secret_is_scrubbed_with_the_subscription_ones() {
+        let mut r = Redactor::default();
+        // An OAuth2 client secret, added at load like a header value.
+        r.add("client-s3cr3t", MASK);
+        for (text, token, want) in [
+            (
+                "echo Bearer eyJ.tok-42 and client-s3cr3t",
+                Some("eyJ.tok-42"),
+                "echo Bearer *** and ***",
+            ),
+            ("nothing", Some("eyJ.tok-42"), "nothing"),
+            ("tok is short", Some("tok"), "tok is short"),
+            ("client-s3cr3t alone", None, "*** alone"),
+        ] {
+            assert_eq!(r.scrub_with(text, token), want, "{text}");
+        }
     }
 
     #[test]

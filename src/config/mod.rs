@@ -16,6 +16,8 @@
 //! - `secrets`: `secret`, `secret_file`, and loose-permission warnings;
 //! - `filter`: `subscriptions[].filter` (contract §10.3), its match rule
 //!   and the warning for a property no event type has;
+//! - `auth`: a subscription's `auth` (OAuth2) and `tls` (client
+//!   certificate) keys, contract §10;
 //! - `validate`: line/column errors, path resolution, and the
 //!   deserialization context;
 //! - `live`: the live snapshot and the one reload path (with the file
@@ -33,9 +35,10 @@
 //!   position of the node being deserialized to any error raised there, which
 //!   is the only way to get positions for semantic errors.
 //! - `${VAR}` is expanded in `subscriptions[].endpoint`, header values,
-//!   `secret` and `secret_file`. `$$` stands for a literal `$` (so `$${X}` is
-//!   the literal text `${X}`), and a `$` not followed by `{` is kept as is. An
-//!   unset variable refuses the file.
+//!   `secret`, `secret_file`, and the values of `auth` and `tls`. `$$`
+//!   stands for a literal `$` (so `$${X}` is the literal text `${X}`), and a
+//!   `$` not followed by `{` is kept as is. An unset variable refuses the
+//!   file.
 //! - What is a secret is decided here, once, by the rule in
 //!   [`crate::redact`]: a header value that used a variable, or whose header
 //!   name says credential, is a [`Sensitive`] shown as `***`; an endpoint
@@ -45,7 +48,8 @@
 //!   a `secret_file`, or a config file holding a secret written literally,
 //!   that every user may read (like ssh with a loose private key).
 //! - Relative paths (`spool.dir`, `spool.archive_dir`, `spool.rejected_dir`,
-//!   `journal.path`, `control.socket`, `delivery.ca_file` and `secret_file`)
+//!   `journal.path`, `control.socket`, `delivery.ca_file`, `secret_file`,
+//!   `auth.client_secret_file` and `tls.*`)
 //!   are resolved against the directory holding the config file, so a
 //!   quick-start config with relative paths works whatever the daemon's cwd.
 //! - A secret is `whsec_` (optional) followed by standard base64; the decoded
@@ -62,6 +66,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -71,6 +76,7 @@ use serde::Deserialize;
 use crate::redact::{is_credential_header, trusted_gid, FileAccess, MASK};
 pub use crate::redact::{Redactor, Sensitive};
 
+mod auth;
 mod expand;
 mod filter;
 #[cfg(test)]
@@ -81,6 +87,8 @@ mod secrets;
 mod validate;
 mod values;
 
+use auth::{AuthEntry, TlsEntry};
+pub use auth::{ClientTls, OAuth2};
 use expand::*;
 pub use filter::{Filter, FilterValue, PropertyFilter, EVENT_PROPERTIES};
 use raw::*;
@@ -281,6 +289,10 @@ pub struct Subscription {
     pub redactor: Redactor,
     /// Only CDRs that match get a delivery (contract §10, `filter`).
     pub filter: Option<Filter>,
+    /// `auth` (contract §10): an OAuth2 token sent as `Authorization: Bearer`.
+    pub auth: Option<Arc<OAuth2>>,
+    /// `tls` (contract §10): the client certificate presented to the endpoint.
+    pub tls: Option<ClientTls>,
 }
 
 impl Subscription {
@@ -669,6 +681,8 @@ subscriptions:
             }),
             redactor,
             filter: None,
+            auth: None,
+            tls: None,
         }];
         // The secret is written in the file itself.
         expected.secrets_in_file = vec!["subscriptions[crm].secret".into()];

@@ -63,6 +63,16 @@ impl<'de> Deserialize<'de> for SubscriptionEntry {
                         in_file.push(format!("subscriptions[{name}].headers.{}", h.name));
                     }
                 }
+                let auth = auth::check_subscription(
+                    &name,
+                    raw.auth,
+                    raw.tls.as_ref(),
+                    &endpoint.url,
+                    &headers,
+                    &mut redactor,
+                    &mut in_file,
+                )
+                .map_err(de::Error::custom)?;
                 with_context(|ctx| ctx.secrets_in_file.extend(in_file));
                 Ok(SubscriptionEntry(Subscription {
                     name,
@@ -73,6 +83,8 @@ impl<'de> Deserialize<'de> for SubscriptionEntry {
                     secret,
                     redactor,
                     filter: raw.filter.map(|f| f.0),
+                    auth,
+                    tls: raw.tls.map(|t| t.0),
                 }))
             }
         }
@@ -191,6 +203,8 @@ pub(super) struct RawSubscription {
     pub(super) secret_file: Option<SecretFile>,
     #[serde(default, deserialize_with = "filter::present")]
     pub(super) filter: Option<filter::RawFilter>,
+    pub(super) auth: Option<AuthEntry>,
+    pub(super) tls: Option<TlsEntry>,
 }
 
 impl RawConfig {

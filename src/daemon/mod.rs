@@ -190,6 +190,7 @@ async fn start(
                 spool::finish_file(spool, &name);
             }
         }),
+        tokens: Default::default(),
     });
     let dispatcher = Arc::new(Dispatcher::new(ctx, tokio::runtime::Handle::current()));
     dispatcher.apply_subscriptions(&cfg.subscriptions);

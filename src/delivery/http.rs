@@ -123,6 +123,15 @@ impl Outcome {
 /// Sends one attempt. Never panics and never returns early: every way it
 /// can go wrong becomes an `Outcome` with an error, for the journal.
 pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
+    send_with(agent, out, None)
+}
+
+/// [`send`], with an OAuth2 access token as `Authorization: Bearer` (masked
+/// like every credential header, and scrubbed from what comes back). A
+/// subscription's `tls` client certificate goes with the request's own TLS
+/// settings: ureq then neither takes nor returns a pooled connection for it,
+/// so a connection made with one identity never carries another's request.
+pub fn send_with(agent: &ureq::Agent, out: &Outgoing, bearer: Option<&str>) -> Outcome {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -142,8 +151,19 @@ pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
     for h in &out.sub.headers {
         headers.push((h.name.clone(), h.value.expose().to_owned(), h.sensitive()));
     }
+    if let Some(token) = bearer {
+        headers.push(("authorization".into(), format!("Bearer {token}"), true));
+    }
 
     let mut request = agent.post(out.sub.endpoint.expose());
+    if let Some(tls) = &out.sub.tls {
+        let roots = agent.config().tls_config().root_certs().clone();
+        let config = TlsConfig::builder()
+            .root_certs(roots)
+            .client_cert(Some(tls.identity.clone()))
+            .build();
+        request = request.config().tls_config(config).build();
+    }
     for (name, value, _) in &headers {
         request = request.header(name.as_str(), value.as_str());
     }
@@ -160,7 +180,7 @@ pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
         })
         .collect();
 
-    let scrub = |text: String| match out.sub.redactor.scrub(&text) {
+    let scrub = |text: String| match out.sub.redactor.scrub_with(&text, bearer) {
         std::borrow::Cow::Borrowed(_) => text,
         std::borrow::Cow::Owned(scrubbed) => scrubbed,
     };
@@ -241,7 +261,7 @@ fn truncate_at_char(mut text: String, max: usize) -> String {
     text
 }
 
-fn describe(e: &ureq::Error) -> String {
+pub(super) fn describe(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Timeout(_) => format!("timeout: {e}"),
         ureq::Error::Io(io) => format!("connection failed: {io}"),

@@ -15,6 +15,7 @@
 //! right after, so bodies in memory are bounded by the attempts in flight.
 
 pub mod http;
+pub mod oauth;
 pub mod queue;
 mod resolve;
 pub mod route;
@@ -46,6 +47,8 @@ pub struct Context {
     pub live: Arc<LiveConfig>,
     /// Called with in-flight files whose deliveries have all ended.
     pub files_finished: Box<dyn Fn(Vec<String>) + Send + Sync>,
+    /// The OAuth2 tokens of subscriptions with `auth`.
+    pub tokens: oauth::Tokens,
 }
 
 impl Context {
@@ -151,6 +154,7 @@ impl Dispatcher {
     /// comes back.
     pub fn apply_subscriptions(&self, subs: &[Subscription]) {
         let listed: Vec<String> = subs.iter().map(|s| s.name.clone()).collect();
+        self.ctx.tokens.retain(subs);
         for sub in subs {
             self.send(&sub.name, Msg::Subscription(Some(Arc::new(sub.clone()))));
         }
@@ -591,7 +595,8 @@ fn attempt(
         )));
     };
     let number = d.attempts + 1;
-    let outcome = http::send(
+    let outcome = oauth::send(
+        &ctx.tokens,
         &ctx.agent(),
         &http::Outgoing {
             sub,

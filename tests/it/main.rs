@@ -8,6 +8,7 @@
 
 mod harness;
 
+mod auth;
 mod control;
 mod crash;
 mod delivery;

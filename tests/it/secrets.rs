@@ -22,6 +22,11 @@ const APIKEY: &str = "key-Jw44-NEVER-PRINT";
 const COOKIE: &str = "session=cookie-Pp93-NEVER-PRINT";
 const BASIC: &str = "basic-Vc61-NEVER-PRINT";
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// OAuth2 (contract §10): a client secret from `${VAR}`, one written in the
+/// file, and the access token the token endpoint issues.
+const CLIENT_SECRET: &str = "cs-Hb18-NEVER-PRINT";
+const LITERAL_CLIENT_SECRET: &str = "cs-Uu30-NEVER-PRINT";
+const ACCESS_TOKEN: &str = "at-Qw73-NEVER-PRINT";
 /// Written literally and not a credential: must stay visible (and shows the
 /// greps below can find what is there).
 const PLAIN: &str = "plain-value-Kk42";
@@ -37,6 +42,9 @@ fn secrets() -> Vec<&'static str> {
         BASIC,
         SECRET,
         &SECRET["whsec_".len()..],
+        CLIENT_SECRET,
+        LITERAL_CLIENT_SECRET,
+        ACCESS_TOKEN,
     ]
 }
 
@@ -110,8 +118,72 @@ fn secrets_never_reach_the_journal_the_log_or_any_command() {
         ]),
     );
 
+    // OAuth2: the token endpoint issues ACCESS_TOKEN; the endpoint echoes
+    // it (and the client secret) once. A second token endpoint refuses,
+    // echoing the client secret in its error description.
+    receiver.set(
+        "/token",
+        crate::harness::pki::token_answer(ACCESS_TOKEN, Some(3600)),
+    );
+    receiver.set(
+        "/oauth",
+        Behaviour::Sequence(vec![
+            Behaviour::Respond {
+                status: 500,
+                headers: vec![(
+                    "X-Echo-Authorization".into(),
+                    format!("Bearer {ACCESS_TOKEN}"),
+                )],
+                body: format!("echo Bearer {ACCESS_TOKEN} for {CLIENT_SECRET} plain {PLAIN}")
+                    .into_bytes(),
+            },
+            Behaviour::Status(200),
+        ]),
+    );
+    receiver.set(
+        "/token-refused",
+        Behaviour::Respond {
+            status: 401,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: format!(
+                r#"{{"error":"invalid_client","error_description":"client_secret {LITERAL_CLIENT_SECRET} is wrong"}}"#
+            )
+            .into_bytes(),
+        },
+    );
+
     let dir = TestDir::new();
     let subs = [
+        subscription_with(
+            "oauth",
+            &receiver.url("/oauth"),
+            &["App.QueueWebhook", "App.TestWebhook"],
+            &format!(
+                "
+                auth:
+                  type: oauth2_client_credentials
+                  token_url: {}
+                  client_id: cdrhook
+                  client_secret: \"${{CLIENT_SECRET}}\"
+                ",
+                receiver.url("/token")
+            ),
+        ),
+        subscription_with(
+            "oauth-refused",
+            &receiver.url("/oauth-refused"),
+            &["App.QueueWebhook"],
+            &format!(
+                "
+                auth:
+                  type: oauth2_client_credentials
+                  token_url: {}
+                  client_id: cdrhook
+                  client_secret: {LITERAL_CLIENT_SECRET}
+                ",
+                receiver.url("/token-refused")
+            ),
+        ),
         subscription_with(
             "crm",
             &receiver.url("/hooks/${CRM_PATH}"),
@@ -151,6 +223,7 @@ fn secrets_never_reach_the_journal_the_log_or_any_command() {
         ("TOKEN", TOKEN),
         ("XTOKEN", XTOKEN),
         ("TENANT", TENANT),
+        ("CLIENT_SECRET", CLIENT_SECRET),
     ];
     let daemon = Daemon::start_with_env(&dir, &env);
 
@@ -165,9 +238,28 @@ fn secrets_never_reach_the_journal_the_log_or_any_command() {
     );
     assert_eq!(got[0].header("x-tenant"), Some(TENANT));
     assert_eq!(got[0].header("cookie"), Some(COOKIE));
-    wait_for(DEADLINE, "all 3 CDRs delivered to both", || {
-        daemon.counter("crm", "delivered") == 3 && daemon.counter("literal", "delivered") == 3
+    wait_for(DEADLINE, "all 3 CDRs delivered to three", || {
+        daemon.counter("crm", "delivered") == 3
+            && daemon.counter("literal", "delivered") == 3
+            && daemon.counter("oauth", "delivered") == 3
     });
+    // The token endpoint got the client secret, the endpoint the token.
+    let asked = receiver.requests_for("/token");
+    assert!(
+        asked[0].body_text().contains(CLIENT_SECRET),
+        "{}",
+        asked[0].body_text()
+    );
+    assert_eq!(
+        receiver.requests_for("/oauth")[0].header("authorization"),
+        Some(format!("Bearer {ACCESS_TOKEN}").as_str())
+    );
+    wait_for(DEADLINE, "a refused token request", || {
+        daemon.subscription_status("oauth-refused")["auth"]["last_token_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 401 (invalid_client: client_secret *** is wrong)"))
+    });
+    assert_eq!(receiver.count("/oauth-refused"), 0);
     let test = daemon.cli(&["test"]);
     test.assert_status(0);
     daemon.sigusr2();
@@ -196,6 +288,7 @@ fn secrets_never_reach_the_journal_the_log_or_any_command() {
     let attempts = attempts.as_array().expect("attempts is a list").clone();
     assert!(attempts.len() >= 10, "{attempts:#?}");
     let mut saw_echo = false;
+    let mut saw_token_echo = false;
     for a in &attempts {
         let id = a["id"].as_str().expect("attempt id");
         let shown = daemon.cli_json(&["show", id]);
@@ -220,17 +313,26 @@ fn secrets_never_reach_the_journal_the_log_or_any_command() {
                 assert_eq!(h["X-Plain"], PLAIN, "{shown:#}");
             }
         }
-        if shown["status"] == 500 {
+        if shown["status"] == 500 && a["subscription"] == "crm" {
             // The echo is kept, with the secrets scrubbed out of it.
             let body = shown["response_body"].as_str().expect("body kept");
             assert!(body.contains("Cannot POST /hooks/"), "{body}");
             assert!(body.contains(PLAIN), "{body}");
             saw_echo = true;
         }
+        if shown["status"] == 500 && a["subscription"] == "oauth" {
+            let body = shown["response_body"].as_str().expect("body kept");
+            assert!(body.contains("echo Bearer *** for ***"), "{body}");
+            saw_token_echo = true;
+        }
         outputs.push((format!("show {id} --json"), shown.to_string()));
         outputs.push((format!("show {id}"), daemon.cli(&["show", id]).stdout));
     }
     assert!(saw_echo, "no 500 attempt among {attempts:#?}");
+    assert!(
+        saw_token_echo,
+        "no 500 attempt of oauth among {attempts:#?}"
+    );
 
     let config = dir.config_path();
     let mut check = cdrhook_command();

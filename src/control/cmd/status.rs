@@ -83,6 +83,27 @@ pub struct SubscriptionState {
     pub last_success: Option<String>,
     pub last_failure: Option<String>,
     pub last_error: Option<String>,
+    /// OAuth2 (contract §10): null without `auth`.
+    #[serde(default)]
+    pub auth: Option<AuthState>,
+    /// The `tls.client_cert` presented to the endpoint, if any.
+    #[serde(default)]
+    pub tls_client_cert: Option<String>,
+}
+
+/// A subscription's OAuth2 token, as `status` shows it (never the token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthState {
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// As shown (a `${VAR}` URL as written).
+    pub token_url: String,
+    /// Null: no valid token now (none fetched yet, expired, or dropped).
+    pub token_valid_until: Option<String>,
+    /// The token endpoint gave no `expires_in`: its lifetime is assumed.
+    pub token_lifetime_assumed: bool,
+    pub last_token_error: Option<String>,
+    pub last_token_error_at: Option<String>,
 }
 
 impl From<Status> for Request {
@@ -133,6 +154,19 @@ pub fn collect(h: &Handles) -> StatusResponse {
             last_success: time(c.last_success_ms),
             last_failure: time(c.last_failure_ms),
             last_error: c.last_error,
+            auth: h.dispatcher.context().tokens.view(s).map(|t| AuthState {
+                kind: "oauth2_client_credentials".into(),
+                token_url: s
+                    .auth
+                    .as_ref()
+                    .map(|a| a.token_url.shown().to_string())
+                    .unwrap_or_default(),
+                token_valid_until: time(t.valid_until_ms),
+                token_lifetime_assumed: t.lifetime_assumed,
+                last_token_error_at: time(t.last_error.as_ref().map(|e| e.0)),
+                last_token_error: t.last_error.map(|e| e.1),
+            }),
+            tls_client_cert: s.tls.as_ref().map(|t| t.client_cert.display().to_string()),
         });
     }
     // Subscriptions removed from the config that still have deliveries.
@@ -153,6 +187,8 @@ pub fn collect(h: &Handles) -> StatusResponse {
             last_success: time(c.last_success_ms),
             last_failure: time(c.last_failure_ms),
             last_error: c.last_error.clone(),
+            auth: None,
+            tls_client_cert: None,
         });
     }
     StatusResponse {
@@ -294,6 +330,29 @@ pub fn render(v: &StatusResponse) -> String {
         ],
         &rows,
     ));
+    for s in &v.subscriptions {
+        if let Some(a) = &s.auth {
+            let token = match &a.token_valid_until {
+                Some(t) if a.token_lifetime_assumed => format!(
+                    "token valid until {} (assumed: no expires_in)",
+                    local_time(Some(t))
+                ),
+                Some(t) => format!("token valid until {}", local_time(Some(t))),
+                None => "no valid token".to_string(),
+            };
+            out.push_str(&format!("{}: OAuth2 from {}: {token}", s.name, a.token_url));
+            if let Some(e) = &a.last_token_error {
+                out.push_str(&format!(
+                    "; last token error at {}: {e}",
+                    local_time(a.last_token_error_at.as_deref())
+                ));
+            }
+            out.push('\n');
+        }
+        if let Some(cert) = &s.tls_client_cert {
+            out.push_str(&format!("{}: client certificate {cert}\n", s.name));
+        }
+    }
     out
 }
 
@@ -350,6 +409,15 @@ mod tests {
                 last_success: None,
                 last_failure: None,
                 last_error: None,
+                auth: Some(AuthState {
+                    kind: "oauth2_client_credentials".into(),
+                    token_url: "https://l/t".into(),
+                    token_valid_until: Some("2026-01-01T01:00:00Z".into()),
+                    token_lifetime_assumed: false,
+                    last_token_error: None,
+                    last_token_error_at: None,
+                }),
+                tls_client_cert: Some("/etc/cdrhook/client.pem".into()),
             }],
         };
         let v = serde_json::to_value(&r).expect("encode");
@@ -398,6 +466,7 @@ mod tests {
             keys(&v["subscriptions"][0]),
             [
                 "active",
+                "auth",
                 "dead",
                 "delivered",
                 "endpoint",
@@ -410,7 +479,19 @@ mod tests {
                 "name",
                 "pending",
                 "retrying",
+                "tls_client_cert",
                 "unmatched"
+            ]
+        );
+        assert_eq!(
+            keys(&v["subscriptions"][0]["auth"]),
+            [
+                "last_token_error",
+                "last_token_error_at",
+                "token_lifetime_assumed",
+                "token_url",
+                "token_valid_until",
+                "type"
             ]
         );
         // What the command line reads back is what the daemon sent.

@@ -141,6 +141,7 @@ fn world() -> World {
         journal: journal.clone(),
         live: live.clone(),
         files_finished: Box::new(|_| {}),
+        tokens: Default::default(),
     });
     let dispatcher = Arc::new(Dispatcher::new(ctx, tokio::runtime::Handle::current()));
     dispatcher.apply_subscriptions(&cfg.subscriptions);

@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod daemon;
+pub mod pki;
 pub mod receiver;
 pub mod support;
 

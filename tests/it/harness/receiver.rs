@@ -167,6 +167,7 @@ struct State {
     default: Route,
     requests: Vec<Request>,
     next_conn: u64,
+    tls_failures: Vec<String>,
 }
 
 struct Shared {
@@ -197,6 +198,8 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 /// A recording HTTP/1.1 server on 127.0.0.1. Stops on drop.
 pub struct Receiver {
     addr: SocketAddr,
+    /// Served over TLS (`start_tls`): its URLs are `https://`.
+    tls: bool,
     shared: Arc<Shared>,
     /// Set to true by `stop()`; the accept loop and every connection watch it.
     stop: watch::Sender<bool>,
@@ -210,7 +213,17 @@ impl Receiver {
     pub fn start() -> Receiver {
         let listener =
             std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver on 127.0.0.1:0");
-        Receiver::from_listener(listener)
+        Receiver::from_listener(listener, None)
+    }
+
+    /// Starts a receiver on a free port that speaks HTTPS with this rustls
+    /// configuration (e.g. one that requires a client certificate, see
+    /// `harness::pki`). A handshake that fails is counted
+    /// (`tls_failures`), never recorded as a request.
+    pub fn start_tls(config: Arc<tokio_rustls::rustls::ServerConfig>) -> Receiver {
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver on 127.0.0.1:0");
+        Receiver::from_listener(listener, Some(tokio_rustls::TlsAcceptor::from(config)))
     }
 
     /// Starts a receiver on `port` (typically one a dropped receiver used),
@@ -233,10 +246,13 @@ impl Receiver {
         if !last_error.is_empty() {
             eprintln!("receiver: bound 127.0.0.1:{port} after retrying ({last_error})");
         }
-        Receiver::from_listener(listener)
+        Receiver::from_listener(listener, None)
     }
 
-    fn from_listener(listener: std::net::TcpListener) -> Receiver {
+    fn from_listener(
+        listener: std::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Receiver {
         let addr = listener.local_addr().expect("receiver local_addr");
         listener
             .set_nonblocking(true)
@@ -247,18 +263,21 @@ impl Receiver {
                 default: Route::new(Behaviour::Status(200)),
                 requests: Vec::new(),
                 next_conn: 1,
+                tls_failures: Vec::new(),
             }),
         });
+        let is_tls = tls.is_some();
         let (stop, stopped) = watch::channel(false);
         let (done_tx, done) = mpsc::channel();
         let accept_shared = Arc::clone(&shared);
         runtime().spawn(async move {
             let listener = TcpListener::from_std(listener).expect("register the listener");
-            accept_loop(listener, accept_shared, stopped).await;
+            accept_loop(listener, accept_shared, stopped, tls).await;
             drop(done_tx);
         });
         Receiver {
             addr,
+            tls: is_tls,
             shared,
             stop,
             done: Mutex::new(Some(done)),
@@ -273,13 +292,20 @@ impl Receiver {
         self.addr.port()
     }
 
-    /// `http://127.0.0.1:PORT/path` (a missing leading `/` is added).
+    /// `http://127.0.0.1:PORT/path` (`https://` for a TLS receiver; a
+    /// missing leading `/` is added).
     pub fn url(&self, path: &str) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
         if path.starts_with('/') {
-            format!("http://{}{path}", self.addr)
+            format!("{scheme}://{}{path}", self.addr)
         } else {
-            format!("http://{}/{path}", self.addr)
+            format!("{scheme}://{}/{path}", self.addr)
         }
+    }
+
+    /// Why each failed TLS handshake failed, in order (a TLS receiver).
+    pub fn tls_failures(&self) -> Vec<String> {
+        self.shared.lock().tls_failures.clone()
     }
 
     /// Sets how requests to `path` (the part before any `?`) are answered
@@ -379,6 +405,7 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stopped: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut conns = JoinSet::new();
     loop {
@@ -399,7 +426,22 @@ async fn accept_loop(
                     state.next_conn += 1;
                     id
                 };
-                conns.spawn(serve(stream, Arc::clone(&shared), id));
+                let shared = Arc::clone(&shared);
+                match tls.clone() {
+                    None => {
+                        conns.spawn(serve(stream, shared, id));
+                    }
+                    Some(acceptor) => {
+                        conns.spawn(async move {
+                            // See the module doc: one segment per response.
+                            let _ = stream.set_nodelay(true);
+                            match acceptor.accept(stream).await {
+                                Ok(tls) => serve_io(tls, shared, id).await,
+                                Err(e) => shared.lock().tls_failures.push(e.to_string()),
+                            }
+                        });
+                    }
+                }
             }
         }
         while conns.try_join_next().is_some() {}
@@ -420,6 +462,14 @@ async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
 async fn serve(stream: TcpStream, shared: Arc<Shared>, conn: u64) {
     // See the module doc: one segment per response.
     let _ = stream.set_nodelay(true);
+    serve_io(stream, shared, conn).await
+}
+
+/// `serve` over any stream (TCP, or TLS over TCP).
+async fn serve_io<S>(stream: S, shared: Arc<Shared>, conn: u64)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req| answer(Arc::clone(&shared), conn, req));
     let _ = http1::Builder::new()
         // The receiver plays an endpoint that waits as long as the client
