@@ -39,11 +39,43 @@ const DURATION_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// The outcomes of an attempt, as `cdrhook_attempts_total{outcome}` names
-/// them (contract §9).
-pub const OUTCOMES: [&str; 7] = [
-    "success", "http_4xx", "http_5xx", "timeout", "connect", "redirect", "other",
-];
+/// The outcome of an attempt, as `cdrhook_attempts_total{outcome}` names
+/// it (contract §9). `delivery::http` tells which one an attempt had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Success,
+    Http4xx,
+    Http5xx,
+    Timeout,
+    Connect,
+    Redirect,
+    Other,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 7] = [
+        AttemptOutcome::Success,
+        AttemptOutcome::Http4xx,
+        AttemptOutcome::Http5xx,
+        AttemptOutcome::Timeout,
+        AttemptOutcome::Connect,
+        AttemptOutcome::Redirect,
+        AttemptOutcome::Other,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            AttemptOutcome::Success => "success",
+            AttemptOutcome::Http4xx => "http_4xx",
+            AttemptOutcome::Http5xx => "http_5xx",
+            AttemptOutcome::Timeout => "timeout",
+            AttemptOutcome::Connect => "connect",
+            AttemptOutcome::Redirect => "redirect",
+            AttemptOutcome::Other => "other",
+        }
+    }
+}
 
 /// The delivery states of `cdrhook_deliveries{state}` (contract §9).
 pub const STATES: [&str; 5] = ["pending", "retrying", "dead", "held", "delivered"];
@@ -202,17 +234,11 @@ impl Metrics {
             .inc();
     }
 
-    pub fn attempt(
-        &self,
-        subscription: &str,
-        status: Option<u16>,
-        error: Option<&str>,
-        took: Duration,
-    ) {
+    pub fn attempt(&self, subscription: &str, outcome: AttemptOutcome, took: Duration) {
         self.attempts
             .get_or_create(&OutcomeLabels {
                 subscription: subscription.to_string(),
-                outcome: outcome(status, error).to_string(),
+                outcome: outcome.label().to_string(),
             })
             .inc();
         self.attempt_duration
@@ -281,8 +307,8 @@ pub fn file_rejected(reason: &str) {
 }
 
 /// Counts one attempt made (whatever became of its journaling).
-pub fn attempt(subscription: &str, status: Option<u16>, error: Option<&str>, took: Duration) {
-    global().attempt(subscription, status, error, took);
+pub fn attempt(subscription: &str, outcome: AttemptOutcome, took: Duration) {
+    global().attempt(subscription, outcome, took);
 }
 
 /// Counts one refused config reload.
@@ -290,76 +316,17 @@ pub fn reload_refused() {
     global().reload_refused();
 }
 
-/// The outcome label of an attempt from its status and error, as
-/// `delivery::http` reports them: a status with no error is its class; a
-/// redirect (not followed) has its 3xx status and an error; failures
-/// without a status are told apart by the error text `delivery::http`
-/// writes (`timeout: …`, `connection failed: …`, `host not found`).
-pub fn outcome(status: Option<u16>, error: Option<&str>) -> &'static str {
-    match status {
-        Some(200..=299) if error.is_none() => "success",
-        Some(300..=399) => "redirect",
-        Some(400..=499) => "http_4xx",
-        Some(500..=599) => "http_5xx",
-        Some(_) => "other",
-        None => match error {
-            Some(e) if e.starts_with("timeout") => "timeout",
-            Some(e)
-                if e.starts_with("connection failed")
-                    || e.starts_with("host not found")
-                    || e.starts_with("connect") =>
-            {
-                "connect"
-            }
-            _ => "other",
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outcomes_follow_the_status_class_then_the_error() {
-        for (status, error, want) in [
-            (Some(200), None, "success"),
-            (Some(204), None, "success"),
-            (Some(200), Some("(body unreadable)"), "other"),
-            (
-                Some(301),
-                Some("redirect 301 to x not followed"),
-                "redirect",
-            ),
-            (Some(308), None, "redirect"),
-            (Some(400), None, "http_4xx"),
-            (Some(429), None, "http_4xx"),
-            (Some(500), None, "http_5xx"),
-            (Some(503), None, "http_5xx"),
-            (Some(101), None, "other"),
-            (None, Some("timeout: global"), "timeout"),
-            (
-                None,
-                Some("connection failed: Connection refused"),
-                "connect",
-            ),
-            (None, Some("host not found"), "connect"),
-            (None, Some("connection failed"), "connect"),
-            (None, Some("tls: bad certificate"), "other"),
-            (None, None, "other"),
-        ] {
-            assert_eq!(outcome(status, error), want, "{status:?} {error:?}");
-            assert!(OUTCOMES.contains(&want));
-        }
-    }
 
     #[test]
     fn the_exposition_names_every_metric_of_the_contract() {
         let m = Metrics::new();
         m.cdrs_ingested(3);
         m.file_rejected("invalid_json");
-        m.attempt("crm", Some(200), None, Duration::from_millis(20));
-        m.attempt("crm", Some(500), None, Duration::from_millis(3));
+        m.attempt("crm", AttemptOutcome::Success, Duration::from_millis(20));
+        m.attempt("crm", AttemptOutcome::Http5xx, Duration::from_millis(3));
         m.reload_refused();
         let text = m.render(&Gauges {
             deliveries: vec![

@@ -14,6 +14,7 @@ use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 
 use crate::config::live::AgentError;
 use crate::config::{DeliveryConfig, Subscription};
+use crate::metrics::AttemptOutcome;
 use crate::redact::{is_credential_header, MASK};
 
 use super::sign::signature;
@@ -99,9 +100,52 @@ pub struct Outcome {
     /// The raw `Retry-After` header, if any: `schedule` decides what it
     /// means (and on which statuses).
     pub retry_after: Option<String>,
+    /// What kind of failure it was when no answer came (the metric's
+    /// outcome; the text is in `error`).
+    pub transport: Option<Transport>,
+}
+
+/// A request that got no answer, by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Timeout,
+    /// No connection: refused, reset, unreachable, or the host not found.
+    Connect,
+    /// TLS, protocol or anything else.
+    Other,
+}
+
+impl Transport {
+    fn of(e: &ureq::Error) -> Transport {
+        match e {
+            ureq::Error::Timeout(_) => Transport::Timeout,
+            ureq::Error::Io(_) | ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+                Transport::Connect
+            }
+            _ => Transport::Other,
+        }
+    }
 }
 
 impl Outcome {
+    /// The outcome label of `cdrhook_attempts_total` (contract §9): the
+    /// status class when an answer came (a redirect is not followed), else
+    /// the kind of transport failure.
+    pub fn class(&self) -> AttemptOutcome {
+        match self.status {
+            Some(200..=299) if self.error.is_none() => AttemptOutcome::Success,
+            Some(300..=399) => AttemptOutcome::Redirect,
+            Some(400..=499) => AttemptOutcome::Http4xx,
+            Some(500..=599) => AttemptOutcome::Http5xx,
+            Some(_) => AttemptOutcome::Other,
+            None => match self.transport {
+                Some(Transport::Timeout) => AttemptOutcome::Timeout,
+                Some(Transport::Connect) => AttemptOutcome::Connect,
+                Some(Transport::Other) | None => AttemptOutcome::Other,
+            },
+        }
+    }
+
     pub fn succeeded(&self) -> bool {
         self.error.is_none() && matches!(self.status, Some(200..=299))
     }
@@ -194,6 +238,7 @@ pub fn send_with(agent: &ureq::Agent, out: &Outgoing, bearer: Option<&str>) -> O
         response_headers: Vec::new(),
         response_body: None,
         retry_after: None,
+        transport: None,
     };
     match request.send(out.body) {
         Ok(mut response) => {
@@ -243,7 +288,10 @@ pub fn send_with(agent: &ureq::Agent, out: &Outgoing, bearer: Option<&str>) -> O
                 )));
             }
         }
-        Err(e) => outcome.error = Some(scrub(describe(&e))),
+        Err(e) => {
+            outcome.error = Some(scrub(describe(&e)));
+            outcome.transport = Some(Transport::of(&e));
+        }
     }
     outcome.duration = started.elapsed();
     outcome
@@ -284,7 +332,61 @@ mod tests {
             response_headers: vec![],
             response_body: None,
             retry_after: None,
+            transport: None,
         }
+    }
+
+    #[test]
+    fn the_metric_outcome_is_the_status_class_then_the_transport_failure() {
+        use crate::metrics::AttemptOutcome::*;
+        let failed = |t| Outcome {
+            transport: Some(t),
+            ..outcome(None, Some("(text)"))
+        };
+        for (o, want) in [
+            (outcome(Some(200), None), Success),
+            (outcome(Some(204), None), Success),
+            (outcome(Some(200), Some("(body unreadable)")), Other),
+            (
+                outcome(Some(301), Some("redirect 301 to x not followed")),
+                Redirect,
+            ),
+            (outcome(Some(308), None), Redirect),
+            (outcome(Some(400), None), Http4xx),
+            (outcome(Some(429), None), Http4xx),
+            (outcome(Some(500), None), Http5xx),
+            (outcome(Some(503), None), Http5xx),
+            (outcome(Some(101), None), Other),
+            (failed(Transport::Timeout), Timeout),
+            (failed(Transport::Connect), Connect),
+            (failed(Transport::Other), Other),
+            // A token request that failed (delivery::oauth): no transport.
+            (outcome(None, Some("token request to … failed")), Other),
+        ] {
+            assert_eq!(o.class(), want, "{:?} {:?}", o.status, o.transport);
+        }
+    }
+
+    #[test]
+    fn the_transport_failure_is_told_from_ureq_s_error() {
+        assert_eq!(
+            Transport::of(&ureq::Error::Timeout(ureq::Timeout::Global)),
+            Transport::Timeout
+        );
+        assert_eq!(
+            Transport::of(&ureq::Error::HostNotFound),
+            Transport::Connect
+        );
+        assert_eq!(
+            Transport::of(&ureq::Error::ConnectionFailed),
+            Transport::Connect
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(Transport::of(&ureq::Error::Io(refused)), Transport::Connect);
+        assert_eq!(
+            Transport::of(&ureq::Error::TooManyRedirects),
+            Transport::Other
+        );
     }
 
     #[test]

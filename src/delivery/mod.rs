@@ -608,12 +608,7 @@ fn attempt(
     );
     // The body (up to `max_file_size`) is not held while journaling.
     drop(cdr);
-    crate::metrics::attempt(
-        &d.subscription,
-        outcome.status,
-        outcome.error.as_deref(),
-        outcome.duration,
-    );
+    crate::metrics::attempt(&d.subscription, outcome.class(), outcome.duration);
     let ok = outcome.succeeded();
     let attempt_trigger = match (trigger, d.origin) {
         (Trigger::Auto, Trigger::Replay) => Trigger::Replay,

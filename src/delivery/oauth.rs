@@ -377,6 +377,7 @@ fn token_failure(message: String, time_ms: u64, started: Instant) -> Outcome {
         response_headers: Vec::new(),
         response_body: None,
         retry_after: None,
+        transport: None,
     }
 }
 
