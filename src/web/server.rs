@@ -35,6 +35,13 @@ const MAX_CONNECTIONS: usize = 32;
 /// A client has this long to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A client has this long to send its request body, once its head is in.
+/// Without it, a client that announces a body and never sends it (the
+/// login form is open to all on TCP) would hold one of the
+/// [`MAX_CONNECTIONS`] for good, and enough of them would shut out even
+/// `/healthz`.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A stop lets requests being answered finish for this long.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -206,24 +213,9 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             format!("request body over {MAX_BODY} bytes\n"),
         );
     }
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(e) => {
-            return if e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over {MAX_BODY} bytes\n"),
-                )
-            } else {
-                text(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the body: {e}\n"),
-                )
-            };
-        }
+    let body = match read_body(body, MAX_BODY, BODY_TIMEOUT).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
 
     if own_path(&path) {
@@ -258,6 +250,39 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         cookie,
     };
     from_page(page::handle(&state.handles, page_req).await)
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`; the
+/// answer to send instead when it is larger (413), slower (408) or cut off
+/// (400).
+async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<Vec<u8>, Response<Body>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes().to_vec()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {limit} bytes\n"),
+            ))
+        }
+        Ok(Err(e)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}\n"),
+        )),
+        Err(_) => Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}s\n",
+                timeout.as_secs()
+            ),
+        )),
+    }
 }
 
 fn from_page(p: PageResponse) -> Response<Body> {
@@ -414,4 +439,46 @@ fn logout(state: &State, cookie: Option<&str>) -> Response<Body> {
         auth::COOKIE
     );
     see_other("/login", Some(clear))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A body that announces data and never sends any.
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_within_its_limit_and_its_time() {
+        let ms = Duration::from_millis(50);
+        let got = read_body(Full::new(Bytes::from_static(b"token=x")), 16, ms).await;
+        assert_eq!(got.ok().as_deref(), Some(&b"token=x"[..]));
+        for (body, limit, want) in [
+            (
+                read_body(Full::new(Bytes::from(vec![b'x'; 17])), 16, ms).await,
+                16,
+                413,
+            ),
+            (read_body(Stalled, 16, ms).await, 16, 408),
+        ] {
+            match body {
+                Err(r) => assert_eq!(r.status().as_u16(), want, "limit {limit}"),
+                Ok(b) => panic!("read {} bytes, wanted a {want}", b.len()),
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! which flips when the journal's disk is full; the bearer token on TCP
 //! and the login form's cookie; the refusal to start on TCP without a
 //! token file; the Unix socket's mode and its removal at exit; the 64 KiB
-//! body limit.
+//! body limit, and the 408 for a body that never comes.
 //!
 //! The client here is a plain HTTP/1.1 exchange (`Connection: close`) over
 //! a TCP or Unix stream, so nothing in the test stands between the daemon's
@@ -71,7 +71,10 @@ fn connect(target: &Target) -> Box<dyn Stream> {
 /// One request; `body` is sent with its `Content-Length` (a POST always
 /// has one).
 fn http(target: &Target, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: cdrhook\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: localhost:8080\r\n");
+    }
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -499,6 +502,17 @@ fn tcp_needs_the_bearer_token_except_for_healthz() {
     // Without the token a large body is not even read.
     let r = http(&target, "POST", "/actions/resend", &[], &big);
     assert_eq!(r.status, 401, "{r:?}");
+    // A body announced and never sent does not hold the connection (the
+    // login form is open to all): 408 once the body's time is up.
+    let Target::Tcp(addr) = &target else {
+        unreachable!("a TCP listener")
+    };
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    s.write_all(b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\n\r\ntoken=")
+        .expect("send the head");
+    assert_eq!(read_reply(&mut s).status, 408);
     drop(daemon);
 }
 
@@ -552,7 +566,7 @@ fn unix_socket_is_0660_answers_without_token_is_removed_at_exit_and_waits_for_a_
     assert_eq!(http(&target, "POST", "/metrics", &[], b"").status, 405);
     // A chunked body over the limit is cut off at 64 KiB: 413.
     let mut s = connect(&target);
-    let mut req = b"POST /actions/resend HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut req = b"POST /actions/resend HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..70 {
         req.extend_from_slice(b"400\r\n");
         req.extend_from_slice(&[b'y'; 1024]);
