@@ -191,6 +191,20 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     };
     let cookie = header(header::COOKIE);
 
+    // Without a token (the Unix socket), a browser's request must name
+    // localhost or an address: another name is DNS rebinding (see
+    // `auth::local_host`). Liveness stays open to all.
+    if state.token.is_none() && path != "/healthz" {
+        if let Some(host) = header(header::HOST).filter(|h| !auth::local_host(h)) {
+            log::debug!("http: refused a request for host {host:?}");
+            return text(
+                StatusCode::FORBIDDEN,
+                "refused: on the Unix socket, open the page as http://localhost:PORT/ \
+                 (another host name could be a DNS rebinding attack)\n",
+            );
+        }
+    }
+
     // Open to all: liveness, and the login form itself.
     let open = matches!(path.as_str(), "/healthz" | "/login");
     if !open

@@ -2,7 +2,8 @@
 //! deliveries, failures and a rejected file; `/healthz` and `/readyz`,
 //! which flips when the journal's disk is full; the bearer token on TCP
 //! and the login form's cookie; the refusal to start on TCP without a
-//! token file; the Unix socket's mode and its removal at exit; the 64 KiB
+//! token file; the Unix socket's mode, its refusal of other host names (DNS
+//! rebinding) and its removal at exit; the 64 KiB
 //! body limit, and the 408 for a body that never comes.
 //!
 //! The client here is a plain HTTP/1.1 exchange (`Connection: close`) over
@@ -564,6 +565,25 @@ fn unix_socket_is_0660_answers_without_token_is_removed_at_exit_and_waits_for_a_
     scrape(&target, &[]);
     assert_eq!(http(&target, "GET", "/readyz", &[], b"").status, 200);
     assert_eq!(http(&target, "POST", "/metrics", &[], b"").status, 405);
+    // DNS rebinding: a page whose own name points at the forwarded port
+    // is refused everything but liveness; localhost and addresses are not.
+    let evil = [("Host", "rebind.example.com:8080")];
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/attempts"),
+        ("GET", "/metrics"),
+        ("GET", "/readyz"),
+        ("POST", "/actions/test"),
+    ] {
+        let r = http(&target, method, path, &evil, b"subscription=ok");
+        assert_eq!(r.status, 403, "{method} {path}: {r:?}");
+        assert!(r.body.contains("http://localhost:PORT/"), "{r:?}");
+    }
+    assert_eq!(http(&target, "GET", "/healthz", &evil, b"").status, 200);
+    for host in ["127.0.0.1:8080", "[::1]:8080", "localhost"] {
+        let r = http(&target, "GET", "/", &[("Host", host)], b"");
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+    }
     // A chunked body over the limit is cut off at 64 KiB: 413.
     let mut s = connect(&target);
     let mut req = b"POST /actions/resend HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
