@@ -408,6 +408,34 @@ fn attempts_are_filtered_and_paged_like_the_cli() {
 }
 
 #[test]
+fn query_parameters_echoed_back_are_escaped() {
+    run(|| async {
+        let w = world();
+        w.attempt("crm", "call-1", "").await;
+        let evil = "%22%3E%3Cscript%3Ex()%3C%2Fscript%3E";
+        for key in [
+            "call_id",
+            "since",
+            "subscription",
+            "limit",
+            "event_type",
+            "before",
+        ] {
+            let r = w.get(&format!("/attempts?{key}={evil}"), None).await;
+            assert!(!r.body.contains("<script>"), "{key}: {}", r.body);
+            assert!(
+                r.body.contains("&lt;script&gt;x()"),
+                "{key}: the value is shown back, escaped: {}",
+                r.body
+            );
+        }
+        let r = w.get(&format!("/attempts/{evil}"), None).await;
+        assert_eq!(r.status, 404);
+        assert!(!r.body.contains("<script>"), "{}", r.body);
+    })
+}
+
+#[test]
 fn one_attempt_is_shown_in_full_with_input_escaped() {
     run(|| async {
         let w = world();
