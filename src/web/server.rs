@@ -197,11 +197,11 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if state.token.is_none() && path != "/healthz" {
         if let Some(host) = header(header::HOST).filter(|h| !auth::local_host(h)) {
             log::debug!("http: refused a request for host {host:?}");
-            return text(
+            return closing(text(
                 StatusCode::FORBIDDEN,
                 "refused: on the Unix socket, open the page as http://localhost:PORT/ \
                  (another host name could be a DNS rebinding attack)\n",
-            );
+            ));
         }
     }
 
@@ -350,6 +350,16 @@ fn unauthorized(path: &str) -> Response<Body> {
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"cdrhook\""),
     );
+    closing(r)
+}
+
+/// Ends the connection after this answer (`Connection: close`). For
+/// clients that are refused: without it, one could pipeline requests and
+/// never read the answers, and hyper, blocked writing them, would keep one
+/// of the [`MAX_CONNECTIONS`] for good (no timeout covers a write).
+fn closing(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
@@ -428,7 +438,11 @@ async fn login(state: &Arc<State>, body: &[u8]) -> Response<Body> {
     let given = auth::form_value(body, "token").unwrap_or_default();
     if !auth::token_matches(token, given.trim()) {
         tokio::time::sleep(LOGIN_FAILURE_PAUSE).await;
-        return login_form(state, StatusCode::UNAUTHORIZED, Some("Wrong token."));
+        return closing(login_form(
+            state,
+            StatusCode::UNAUTHORIZED,
+            Some("Wrong token."),
+        ));
     }
     let Some(id) = lock(&state.sessions).open(Instant::now()) else {
         return text(

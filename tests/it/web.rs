@@ -503,6 +503,23 @@ fn tcp_needs_the_bearer_token_except_for_healthz() {
     // Without the token a large body is not even read.
     let r = http(&target, "POST", "/actions/resend", &[], &big);
     assert_eq!(r.status, 401, "{r:?}");
+    // A refused client cannot pipeline requests and leave the answers
+    // unread (holding a connection): the first 401 ends the connection.
+    let mut s = connect(&target);
+    s.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\nGET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .expect("send two requests");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .expect("the connection ends after the first answer");
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert_eq!(raw.matches("HTTP/1.1 ").count(), 1, "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("connection: close"),
+        "{raw}"
+    );
     // A body announced and never sent does not hold the connection (the
     // login form is open to all): 408 once the body's time is up.
     let Target::Tcp(addr) = &target else {
