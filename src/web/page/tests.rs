@@ -121,7 +121,7 @@ fn world() -> World {
          subscriptions:\n\
          - name: crm\n  endpoint: {}\n  events: [\"*\"]\n  secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n  headers:\n    Authorization: Bearer sup3r-s3cret-t0ken\n    X-Source: \"<b>cdrhook</b>\"\n\
          - name: broken\n  endpoint: {}\n  events: [\"*\"]\n\
-         - name: quiet\n  endpoint: {}\n  events: [App.QueueWebhook]\n",
+         - name: quiet\n  endpoint: {}\n  events: [App.QueueWebhook]\n  filter: {{QueueName: \"<Sales>\"}}\n",
         p("spool"),
         p("rejected"),
         p("archive"),
@@ -309,6 +309,15 @@ fn the_page_lists_subscriptions_with_secrets_masked_and_input_escaped() {
             "a header value is escaped"
         );
         assert!(!b.contains("<b>cdrhook</b>"));
+        // A filter is shown with what it left out (`status`'s unmatched).
+        w.h.dispatcher
+            .unmatched()
+            .add(&["quiet".into(), "quiet".into()]);
+        let b = &w.get("/", None).await.body;
+        assert!(
+            b.contains("filter: <code>QueueName: &quot;&lt;Sales&gt;&quot;</code><br>2 unmatched since start"),
+            "{b}"
+        );
         assert!(b.contains("Send Test Webhook"), "crm lists App.TestWebhook");
         assert!(
             b.contains("App.TestWebhook is not in its events"),
