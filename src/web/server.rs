@@ -338,12 +338,9 @@ fn unauthorized(path: &str) -> Response<Body> {
         )
     } else {
         // A browser: the page says where to log in.
-        reply(
+        login_page(
             StatusCode::UNAUTHORIZED,
-            "text/html; charset=utf-8",
-            login_html(Some(
-                "Log in with the token of http.token_file to see this page.",
-            )),
+            Some("Log in with the token of http.token_file to see this page."),
         )
     };
     r.headers_mut().insert(
@@ -415,7 +412,28 @@ fn login_form(state: &State, status: StatusCode, note: Option<&str>) -> Response
         // A Unix socket needs no login.
         return see_other("/", None);
     }
-    reply(status, "text/html; charset=utf-8", login_html(note))
+    login_page(status, note)
+}
+
+/// The login form as a page, with the headers the Webhooks page has:
+/// nothing may frame it (no clickjacking of the token field), load or run
+/// anything, or cache it.
+fn login_page(status: StatusCode, note: Option<&str>) -> Response<Body> {
+    let mut r = reply(status, "text/html; charset=utf-8", login_html(note));
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        r.headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    r
 }
 
 fn see_other(to: &'static str, cookie: Option<String>) -> Response<Body> {

@@ -460,6 +460,12 @@ fn tcp_needs_the_bearer_token_except_for_healthz() {
         r.body.contains("<form method=\"post\" action=\"/login\">"),
         "{r:?}"
     );
+    assert_eq!(r.header("x-frame-options"), Some("DENY"), "{r:?}");
+    assert!(
+        r.header("content-security-policy")
+            .is_some_and(|c| c.contains("frame-ancestors 'none'")),
+        "{r:?}"
+    );
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
     let r = http(&target, "POST", "/login", &form, b"token=wrong");
     assert_eq!(r.status, 401, "{r:?}");
