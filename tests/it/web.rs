@@ -531,12 +531,31 @@ fn tcp_needs_the_bearer_token_except_for_healthz() {
     let Target::Tcp(addr) = &target else {
         unreachable!("a TCP listener")
     };
+    // (Meanwhile, a head never finished ends its connection: slowloris.)
+    let mut head_only = std::net::TcpStream::connect(addr).expect("connect");
+    // 15 s: well past the daemon's 10 s, well before hyper's default 30 s.
+    head_only
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    head_only
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .expect("send half a head");
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(40)))
         .expect("timeout");
     s.write_all(b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\n\r\ntoken=")
         .expect("send the head");
     assert_eq!(read_reply(&mut s).status, 408);
+    let mut rest = Vec::new();
+    if let Err(e) = head_only.read_to_end(&mut rest) {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "a head never finished still holds its connection: {e}"
+        );
+    }
     drop(daemon);
 }
 
