@@ -204,11 +204,20 @@ pub(super) fn warnings(text: &str, path: &Path, subs: &[Subscription]) -> Vec<St
     let mut out = Vec::new();
     for (i, s) in subs.iter().enumerate() {
         let Some(filter) = &s.filter else { continue };
-        for name in filter.names().filter(|n| !known_property(n)) {
-            let at = match locate(text, i, name) {
+        for name in filter.names() {
+            let at = || match locate(text, i, name) {
                 Some((line, column)) => format!("{}:{line}:{column}", path.display()),
                 None => path.display().to_string(),
             };
+            if known_property(name) {
+                // Known, but maybe not to the event types this
+                // subscription takes: then nothing can ever match.
+                if let Some(w) = not_in_its_events(&s.events, name) {
+                    out.push(format!("{}: subscriptions[{}].filter: {w}", at(), s.name));
+                }
+                continue;
+            }
+            let at = at();
             let hint = match differently_cased(name) {
                 Some(known) => format!("did you mean {known:?}? Property names are case-sensitive"),
                 None => "check the spelling (property names are case-sensitive); a CDR \
@@ -222,6 +231,33 @@ pub(super) fn warnings(text: &str, path: &Path, subs: &[Subscription]) -> Vec<St
         }
     }
     out
+}
+
+/// Why a filter on the known property `name` can never match a CDR of the
+/// event types `events` (the test webhook aside, which no filter applies
+/// to), or `None` when one of them has the property.
+fn not_in_its_events(events: &[EventType], name: &str) -> Option<String> {
+    let has = |t: &EventType| {
+        EVENT_PROPERTIES
+            .iter()
+            .any(|(e, props)| e == t && props.contains(&name))
+    };
+    let taken: Vec<&EventType> = events.iter().filter(|t| **t != EventType::Test).collect();
+    if taken.is_empty() || taken.iter().any(|t| has(t)) {
+        return None;
+    }
+    let names = |ts: Vec<&EventType>| ts.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ");
+    let holders = EVENT_PROPERTIES
+        .iter()
+        .filter(|(_, props)| props.contains(&name))
+        .map(|(t, _)| t)
+        .collect();
+    Some(format!(
+        "none of the event types it takes ({}) has a property {name:?} (only {} do), \
+         so no CDR can match; check its `events` and `filter`",
+        names(taken),
+        names(holders)
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -785,6 +821,13 @@ mod tests {
                 Vec::<String>::new()
             );
         }
+        // A known property that none of the subscription's event types
+        // has: nothing can match.
+        let text = "subscriptions:\n  - name: ivr\n    endpoint: http://127.0.0.1:1/x\n    events: [App.IvrWebhook, App.TestWebhook]\n    filter:\n      IvrName: Main\n      QueueName: Sales\n";
+        assert_eq!(
+            parse(text).expect("valid").warnings,
+            [format!("{PATH}:7:7: subscriptions[ivr].filter: none of the event types it takes (App.IvrWebhook) has a property \"QueueName\" (only App.QueueWebhook do), so no CDR can match; check its `events` and `filter`")]
+        );
         let c = parse(&config("{QueueName: Sales, Nope: 1}")).expect("valid");
         assert_eq!(c.warnings.len(), 1);
         assert!(

@@ -79,6 +79,38 @@ pub fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// Whether a `Host` header names this machine the way a forward reaches
+/// it: `localhost` or a name under `.localhost`, or an IP address (v4, or
+/// v6 in brackets), each with or without a port.
+///
+/// On a listener without a token (the Unix socket, reached with `ssh -L`
+/// on the operator's desk) this is what stops DNS rebinding: a web page
+/// whose own name the attacker points at 127.0.0.1 would otherwise be
+/// same-origin with the forwarded page, read its CDRs and post its forms
+/// with a valid CSRF token. Such a page always sends its own DNS name.
+pub fn local_host(host: &str) -> bool {
+    let host = host.trim();
+    let port_ok = |p: &str| {
+        p.is_empty()
+            || p.strip_prefix(':')
+                .is_some_and(|p| p.parse::<u16>().is_ok())
+    };
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, port)| ip.parse::<std::net::Ipv6Addr>().is_ok() && port_ok(port));
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port_ok(&format!(":{port}")) => name,
+        Some(_) => return false,
+        None => host,
+    };
+    let name = name.to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || (name.ends_with(".localhost") && name.len() > ".localhost".len())
+}
+
 /// Whether `given` is the token.
 pub fn token_matches(token: &Sensitive, given: &str) -> bool {
     constant_time_eq(token.expose().as_bytes(), given.as_bytes())
@@ -177,6 +209,34 @@ mod tests {
         assert_eq!(form_value(b"other=1", "token"), None);
         assert_eq!(percent_decode("%e2%9c%93"), Some("✓".to_string()));
         assert_eq!(percent_decode("%"), None);
+    }
+
+    #[test]
+    fn only_local_names_and_addresses_are_local_hosts() {
+        for (host, local) in [
+            ("localhost", true),
+            ("localhost:8080", true),
+            ("LocalHost:8080", true),
+            ("app.localhost:8080", true),
+            ("127.0.0.1:8080", true),
+            ("10.1.2.3", true),
+            ("[::1]:8080", true),
+            ("[::1]", true),
+            ("evil.example.com:8080", false),
+            ("evil.example.com", false),
+            ("localhost.evil.example.com", false),
+            ("evillocalhost", false),
+            (".localhost", false),
+            ("localhost:", false),
+            ("localhost:99999", false),
+            ("localhost:80:80", false),
+            ("[::1]x", false),
+            ("[evil]:80", false),
+            ("127.0.0.1.nip.io", false),
+            ("", false),
+        ] {
+            assert_eq!(local_host(host), local, "{host:?}");
+        }
     }
 
     #[test]

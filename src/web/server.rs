@@ -35,6 +35,13 @@ const MAX_CONNECTIONS: usize = 32;
 /// A client has this long to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A client has this long to send its request body, once its head is in.
+/// Without it, a client that announces a body and never sends it (the
+/// login form is open to all on TCP) would hold one of the
+/// [`MAX_CONNECTIONS`] for good, and enough of them would shut out even
+/// `/healthz`.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A stop lets requests being answered finish for this long.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -184,6 +191,20 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     };
     let cookie = header(header::COOKIE);
 
+    // Without a token (the Unix socket), a browser's request must name
+    // localhost or an address: another name is DNS rebinding (see
+    // `auth::local_host`). Liveness stays open to all.
+    if state.token.is_none() && path != "/healthz" {
+        if let Some(host) = header(header::HOST).filter(|h| !auth::local_host(h)) {
+            log::debug!("http: refused a request for host {host:?}");
+            return closing(text(
+                StatusCode::FORBIDDEN,
+                "refused: on the Unix socket, open the page as http://localhost:PORT/ \
+                 (another host name could be a DNS rebinding attack)\n",
+            ));
+        }
+    }
+
     // Open to all: liveness, and the login form itself.
     let open = matches!(path.as_str(), "/healthz" | "/login");
     if !open
@@ -206,24 +227,9 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             format!("request body over {MAX_BODY} bytes\n"),
         );
     }
-    let body = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(e) => {
-            return if e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                text(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over {MAX_BODY} bytes\n"),
-                )
-            } else {
-                text(
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read the body: {e}\n"),
-                )
-            };
-        }
+    let body = match read_body(body, MAX_BODY, BODY_TIMEOUT).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
 
     if own_path(&path) {
@@ -258,6 +264,39 @@ async fn respond(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         cookie,
     };
     from_page(page::handle(&state.handles, page_req).await)
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`; the
+/// answer to send instead when it is larger (413), slower (408) or cut off
+/// (400).
+async fn read_body<B>(body: B, limit: usize, timeout: Duration) -> Result<Vec<u8>, Response<Body>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(b)) => Ok(b.to_bytes().to_vec()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over {limit} bytes\n"),
+            ))
+        }
+        Ok(Err(e)) => Err(text(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the body: {e}\n"),
+        )),
+        Err(_) => Err(text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}s\n",
+                timeout.as_secs()
+            ),
+        )),
+    }
 }
 
 fn from_page(p: PageResponse) -> Response<Body> {
@@ -299,18 +338,25 @@ fn unauthorized(path: &str) -> Response<Body> {
         )
     } else {
         // A browser: the page says where to log in.
-        reply(
+        login_page(
             StatusCode::UNAUTHORIZED,
-            "text/html; charset=utf-8",
-            login_html(Some(
-                "Log in with the token of http.token_file to see this page.",
-            )),
+            Some("Log in with the token of http.token_file to see this page."),
         )
     };
     r.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Bearer realm=\"cdrhook\""),
     );
+    closing(r)
+}
+
+/// Ends the connection after this answer (`Connection: close`). For
+/// clients that are refused: without it, one could pipeline requests and
+/// never read the answers, and hyper, blocked writing them, would keep one
+/// of the [`MAX_CONNECTIONS`] for good (no timeout covers a write).
+fn closing(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
@@ -366,7 +412,28 @@ fn login_form(state: &State, status: StatusCode, note: Option<&str>) -> Response
         // A Unix socket needs no login.
         return see_other("/", None);
     }
-    reply(status, "text/html; charset=utf-8", login_html(note))
+    login_page(status, note)
+}
+
+/// The login form as a page, with the headers the Webhooks page has:
+/// nothing may frame it (no clickjacking of the token field), load or run
+/// anything, or cache it.
+fn login_page(status: StatusCode, note: Option<&str>) -> Response<Body> {
+    let mut r = reply(status, "text/html; charset=utf-8", login_html(note));
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        r.headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    r
 }
 
 fn see_other(to: &'static str, cookie: Option<String>) -> Response<Body> {
@@ -389,7 +456,11 @@ async fn login(state: &Arc<State>, body: &[u8]) -> Response<Body> {
     let given = auth::form_value(body, "token").unwrap_or_default();
     if !auth::token_matches(token, given.trim()) {
         tokio::time::sleep(LOGIN_FAILURE_PAUSE).await;
-        return login_form(state, StatusCode::UNAUTHORIZED, Some("Wrong token."));
+        return closing(login_form(
+            state,
+            StatusCode::UNAUTHORIZED,
+            Some("Wrong token."),
+        ));
     }
     let Some(id) = lock(&state.sessions).open(Instant::now()) else {
         return text(
@@ -414,4 +485,46 @@ fn logout(state: &State, cookie: Option<&str>) -> Response<Body> {
         auth::COOKIE
     );
     see_other("/login", Some(clear))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A body that announces data and never sends any.
+    struct Stalled;
+
+    impl hyper::body::Body for Stalled {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_within_its_limit_and_its_time() {
+        let ms = Duration::from_millis(50);
+        let got = read_body(Full::new(Bytes::from_static(b"token=x")), 16, ms).await;
+        assert_eq!(got.ok().as_deref(), Some(&b"token=x"[..]));
+        for (body, limit, want) in [
+            (
+                read_body(Full::new(Bytes::from(vec![b'x'; 17])), 16, ms).await,
+                16,
+                413,
+            ),
+            (read_body(Stalled, 16, ms).await, 16, 408),
+        ] {
+            match body {
+                Err(r) => assert_eq!(r.status().as_u16(), want, "limit {limit}"),
+                Ok(b) => panic!("read {} bytes, wanted a {want}", b.len()),
+            }
+        }
+    }
 }

@@ -2,8 +2,9 @@
 //! deliveries, failures and a rejected file; `/healthz` and `/readyz`,
 //! which flips when the journal's disk is full; the bearer token on TCP
 //! and the login form's cookie; the refusal to start on TCP without a
-//! token file; the Unix socket's mode and its removal at exit; the 64 KiB
-//! body limit.
+//! token file; the Unix socket's mode, its refusal of other host names (DNS
+//! rebinding) and its removal at exit; the 64 KiB
+//! body limit, and the 408 for a body that never comes.
 //!
 //! The client here is a plain HTTP/1.1 exchange (`Connection: close`) over
 //! a TCP or Unix stream, so nothing in the test stands between the daemon's
@@ -71,7 +72,10 @@ fn connect(target: &Target) -> Box<dyn Stream> {
 /// One request; `body` is sent with its `Content-Length` (a POST always
 /// has one).
 fn http(target: &Target, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: cdrhook\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: localhost:8080\r\n");
+    }
     for (n, v) in headers {
         head.push_str(&format!("{n}: {v}\r\n"));
     }
@@ -456,6 +460,12 @@ fn tcp_needs_the_bearer_token_except_for_healthz() {
         r.body.contains("<form method=\"post\" action=\"/login\">"),
         "{r:?}"
     );
+    assert_eq!(r.header("x-frame-options"), Some("DENY"), "{r:?}");
+    assert!(
+        r.header("content-security-policy")
+            .is_some_and(|c| c.contains("frame-ancestors 'none'")),
+        "{r:?}"
+    );
     let form = [("Content-Type", "application/x-www-form-urlencoded")];
     let r = http(&target, "POST", "/login", &form, b"token=wrong");
     assert_eq!(r.status, 401, "{r:?}");
@@ -499,6 +509,53 @@ fn tcp_needs_the_bearer_token_except_for_healthz() {
     // Without the token a large body is not even read.
     let r = http(&target, "POST", "/actions/resend", &[], &big);
     assert_eq!(r.status, 401, "{r:?}");
+    // A refused client cannot pipeline requests and leave the answers
+    // unread (holding a connection): the first 401 ends the connection.
+    let mut s = connect(&target);
+    s.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\nGET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .expect("send two requests");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .expect("the connection ends after the first answer");
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert_eq!(raw.matches("HTTP/1.1 ").count(), 1, "{raw}");
+    assert!(
+        raw.to_ascii_lowercase().contains("connection: close"),
+        "{raw}"
+    );
+    // A body announced and never sent does not hold the connection (the
+    // login form is open to all): 408 once the body's time is up.
+    let Target::Tcp(addr) = &target else {
+        unreachable!("a TCP listener")
+    };
+    // (Meanwhile, a head never finished ends its connection: slowloris.)
+    let mut head_only = std::net::TcpStream::connect(addr).expect("connect");
+    // 15 s: well past the daemon's 10 s, well before hyper's default 30 s.
+    head_only
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    head_only
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+        .expect("send half a head");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(40)))
+        .expect("timeout");
+    s.write_all(b"POST /login HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\n\r\ntoken=")
+        .expect("send the head");
+    assert_eq!(read_reply(&mut s).status, 408);
+    let mut rest = Vec::new();
+    if let Err(e) = head_only.read_to_end(&mut rest) {
+        assert!(
+            !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "a head never finished still holds its connection: {e}"
+        );
+    }
     drop(daemon);
 }
 
@@ -550,9 +607,28 @@ fn unix_socket_is_0660_answers_without_token_is_removed_at_exit_and_waits_for_a_
     scrape(&target, &[]);
     assert_eq!(http(&target, "GET", "/readyz", &[], b"").status, 200);
     assert_eq!(http(&target, "POST", "/metrics", &[], b"").status, 405);
+    // DNS rebinding: a page whose own name points at the forwarded port
+    // is refused everything but liveness; localhost and addresses are not.
+    let evil = [("Host", "rebind.example.com:8080")];
+    for (method, path) in [
+        ("GET", "/"),
+        ("GET", "/attempts"),
+        ("GET", "/metrics"),
+        ("GET", "/readyz"),
+        ("POST", "/actions/test"),
+    ] {
+        let r = http(&target, method, path, &evil, b"subscription=ok");
+        assert_eq!(r.status, 403, "{method} {path}: {r:?}");
+        assert!(r.body.contains("http://localhost:PORT/"), "{r:?}");
+    }
+    assert_eq!(http(&target, "GET", "/healthz", &evil, b"").status, 200);
+    for host in ["127.0.0.1:8080", "[::1]:8080", "localhost"] {
+        let r = http(&target, "GET", "/", &[("Host", host)], b"");
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+    }
     // A chunked body over the limit is cut off at 64 KiB: 413.
     let mut s = connect(&target);
-    let mut req = b"POST /actions/resend HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut req = b"POST /actions/resend HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..70 {
         req.extend_from_slice(b"400\r\n");
         req.extend_from_slice(&[b'y'; 1024]);

@@ -121,7 +121,7 @@ fn world() -> World {
          subscriptions:\n\
          - name: crm\n  endpoint: {}\n  events: [\"*\"]\n  secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n  headers:\n    Authorization: Bearer sup3r-s3cret-t0ken\n    X-Source: \"<b>cdrhook</b>\"\n\
          - name: broken\n  endpoint: {}\n  events: [\"*\"]\n\
-         - name: quiet\n  endpoint: {}\n  events: [App.QueueWebhook]\n",
+         - name: quiet\n  endpoint: {}\n  events: [App.QueueWebhook]\n  filter: {{QueueName: \"<Sales>\"}}\n",
         p("spool"),
         p("rejected"),
         p("archive"),
@@ -310,6 +310,15 @@ fn the_page_lists_subscriptions_with_secrets_masked_and_input_escaped() {
             "a header value is escaped"
         );
         assert!(!b.contains("<b>cdrhook</b>"));
+        // A filter is shown with what it left out (`status`'s unmatched).
+        w.h.dispatcher
+            .unmatched()
+            .add(&["quiet".into(), "quiet".into()]);
+        let b = &w.get("/", None).await.body;
+        assert!(
+            b.contains("filter: <code>QueueName: &quot;&lt;Sales&gt;&quot;</code><br>2 unmatched since start"),
+            "{b}"
+        );
         assert!(b.contains("Send Test Webhook"), "crm lists App.TestWebhook");
         assert!(
             b.contains("App.TestWebhook is not in its events"),
@@ -405,6 +414,34 @@ fn attempts_are_filtered_and_paged_like_the_cli() {
             assert_eq!(r.status, 400, "{q}");
             assert!(r.body.contains("class=\"notice bad\""), "{q}: {}", r.body);
         }
+    })
+}
+
+#[test]
+fn query_parameters_echoed_back_are_escaped() {
+    run(|| async {
+        let w = world();
+        w.attempt("crm", "call-1", "").await;
+        let evil = "%22%3E%3Cscript%3Ex()%3C%2Fscript%3E";
+        for key in [
+            "call_id",
+            "since",
+            "subscription",
+            "limit",
+            "event_type",
+            "before",
+        ] {
+            let r = w.get(&format!("/attempts?{key}={evil}"), None).await;
+            assert!(!r.body.contains("<script>"), "{key}: {}", r.body);
+            assert!(
+                r.body.contains("&lt;script&gt;x()"),
+                "{key}: the value is shown back, escaped: {}",
+                r.body
+            );
+        }
+        let r = w.get(&format!("/attempts/{evil}"), None).await;
+        assert_eq!(r.status, 404);
+        assert!(!r.body.contains("<script>"), "{}", r.body);
     })
 }
 

@@ -224,7 +224,7 @@ fn index_body(h: &Handles, v: &StatusResponse, token: &str) -> String {
                 name,
                 opt(s.endpoint.as_ref()),
                 active,
-                if s.events.is_empty() { "-".to_string() } else { esc(&s.events.join(", ")) },
+                events_cell(s, sub),
                 headers,
                 signing,
                 s.pending.to_string(),
@@ -260,6 +260,27 @@ fn index_body(h: &Handles, v: &StatusResponse, token: &str) -> String {
             ],
             &rows,
             "subscriptions",
+        ));
+    }
+    out
+}
+
+/// A subscription's events, and its filter with the CDRs it left out
+/// (`unmatched` of `cdrhook status`) when it has one.
+fn events_cell(
+    s: &crate::control::cmd::status::SubscriptionState,
+    sub: Option<&crate::config::Subscription>,
+) -> String {
+    let mut out = if s.events.is_empty() {
+        "-".to_string()
+    } else {
+        esc(&s.events.join(", "))
+    };
+    if let Some(f) = sub.and_then(|c| c.filter.as_ref()) {
+        out.push_str(&format!(
+            "<br><span class=\"muted\">filter: <code>{}</code><br>{} unmatched since start</span>",
+            esc(&f.to_string()),
+            s.unmatched
         ));
     }
     out
