@@ -32,6 +32,42 @@ pub struct OAuth2 {
     pub audience: Option<String>,
 }
 
+impl OAuth2 {
+    /// For `check-config --json`: the keys as the file gives them, the
+    /// client secret masked and a `${VAR}` token URL as written.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "oauth2_client_credentials",
+            "token_url": self.token_url.shown(),
+            "client_id": self.client_id,
+            "client_secret": self.client_secret.shown(),
+            "scope": self.scope,
+            "audience": self.audience,
+        })
+    }
+}
+
+/// For `check-config`: one line, the client secret masked; `scope` and
+/// `audience` only when given.
+impl fmt::Display for OAuth2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "oauth2_client_credentials from {}, client_id {:?}, client_secret {}",
+            self.token_url.shown(),
+            self.client_id,
+            self.client_secret.shown()
+        )?;
+        if let Some(scope) = &self.scope {
+            write!(f, ", scope {scope:?}")?;
+        }
+        if let Some(audience) = &self.audience {
+            write!(f, ", audience {audience:?}")?;
+        }
+        Ok(())
+    }
+}
+
 /// `tls`: the client certificate (chain) and its key, read at load.
 #[derive(Clone)]
 pub struct ClientTls {
@@ -52,6 +88,28 @@ impl PartialEq for ClientTls {
         self.client_cert == other.client_cert
             && self.client_key == other.client_key
             && der(&self.identity) == der(&other.identity)
+    }
+}
+
+impl ClientTls {
+    /// For `check-config --json`: the two paths (never the key itself).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "client_cert": self.client_cert.display().to_string(),
+            "client_key": self.client_key.display().to_string(),
+        })
+    }
+}
+
+/// For `check-config`: the two paths.
+impl fmt::Display for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "client_cert {}, client_key {}",
+            self.client_cert.display(),
+            self.client_key.display()
+        )
     }
 }
 
@@ -521,6 +579,46 @@ mod tests {
     }
 
     #[test]
+    fn check_config_shows_the_keys_with_the_secret_masked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let text = auth(
+            "      type: oauth2_client_credentials\n      token_url: https://login.example.com/${TENANT}/token\n      client_id: cdrhook\n      client_secret: \"${DYN_SECRET}\"\n      scope: \"https://crm.example.com/.default\"\n",
+        );
+        let c = parse_in(
+            dir.path(),
+            &text,
+            &[("DYN_SECRET", "s3cr3t-value"), ("TENANT", "tenant-42")],
+        )
+        .expect("valid");
+        let a = c.subscriptions[0].auth.as_ref().expect("auth");
+        assert_eq!(
+            a.to_string(),
+            "oauth2_client_credentials from https://login.example.com/${TENANT}/token, \
+             client_id \"cdrhook\", client_secret ***, scope \"https://crm.example.com/.default\""
+        );
+        assert_eq!(
+            a.to_json(),
+            serde_json::json!({
+                "type": "oauth2_client_credentials",
+                "token_url": "https://login.example.com/${TENANT}/token",
+                "client_id": "cdrhook",
+                "client_secret": "***",
+                "scope": "https://crm.example.com/.default",
+                "audience": null,
+            })
+        );
+        // A literal secret is masked the same way.
+        let text = auth("      type: oauth2_client_credentials\n      token_url: https://l/t\n      client_id: a\n      client_secret: literal-secret\n      audience: crm\n");
+        let c = parse_in(dir.path(), &text, &[]).expect("valid");
+        let a = c.subscriptions[0].auth.as_ref().expect("auth");
+        assert_eq!(
+            a.to_string(),
+            "oauth2_client_credentials from https://l/t, client_id \"a\", client_secret ***, audience \"crm\""
+        );
+        assert!(!a.to_json().to_string().contains("literal-secret"));
+    }
+
+    #[test]
     fn client_secret_file_is_read_trimmed_and_warned_about_when_loose() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("dir");
@@ -680,6 +778,22 @@ mod tests {
         assert_eq!(t.identity.certs().len(), 1);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert!(!format!("{t:?}").contains("PRIVATE"));
+        // What check-config shows: the two paths.
+        assert_eq!(
+            t.to_string(),
+            format!(
+                "client_cert {}, client_key {}",
+                cert.display(),
+                key.display()
+            )
+        );
+        assert_eq!(
+            t.to_json(),
+            serde_json::json!({
+                "client_cert": cert.display().to_string(),
+                "client_key": key.display().to_string(),
+            })
+        );
         // Read again, the same files are the same config.
         let again = parse_in(dir.path(), &tls("client.pem", "client.key"), &[]).expect("valid");
         assert_eq!(c, again);

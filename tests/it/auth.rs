@@ -508,3 +508,115 @@ fn a_token_answer_that_is_too_large_or_no_token_is_a_failed_attempt() {
     assert_eq!(tokens.count("/token"), 3);
     assert_eq!(crm.count("/crm"), 1);
 }
+
+#[test]
+fn check_config_shows_auth_and_tls_without_the_client_secret() {
+    let dir = TestDir::new();
+    let pki = Pki::new(dir.path());
+    const LITERAL: &str = "cs-Lm57-literal-NEVER-PRINT";
+    let subs = [
+        subscription_with(
+            "dynamics",
+            "https://crm.example.com/hook",
+            &["*"],
+            &format!(
+                "{}{}",
+                auth_block(
+                    "https://login.example.com/tenant/token",
+                    "  scope: \"https://crm.example.com/.default\"\n  audience: crm-api\n",
+                ),
+                tls_block(&pki.client_cert, &pki.client_key)
+            ),
+        ),
+        subscription_with(
+            "salesforce",
+            "https://sf.example.com/hook",
+            &["App.QueueWebhook"],
+            &format!(
+                "auth:\n  type: oauth2_client_credentials\n  token_url: https://sf.example.com/services/oauth2/token\n  client_id: sf-app\n  client_secret: {LITERAL}\n"
+            ),
+        ),
+        subscription("plain", "https://plain.example.com/hook", &["*"]),
+    ]
+    .concat();
+    dir.config().subscriptions(&subs).write();
+    let path = dir.config_path();
+    let run = |json: bool| {
+        let mut cmd = cdrhook_command();
+        cmd.arg("check-config")
+            .arg(&path)
+            .env("CLIENT_SECRET", CLIENT_SECRET);
+        if json {
+            cmd.arg("--json");
+        }
+        run_command(cmd, CLI_DEADLINE)
+    };
+
+    let out = run(false);
+    out.assert_status(0);
+    for line in [
+        "      auth: oauth2_client_credentials from https://login.example.com/tenant/token, \
+         client_id \"cdrhook-app\", client_secret ***, scope \"https://crm.example.com/.default\", \
+         audience \"crm-api\"\n"
+            .to_string(),
+        format!(
+            "      tls: client_cert {}, client_key {}\n",
+            pki.client_cert.display(),
+            pki.client_key.display()
+        ),
+        "      auth: oauth2_client_credentials from https://sf.example.com/services/oauth2/token, \
+         client_id \"sf-app\", client_secret ***\n"
+            .to_string(),
+    ] {
+        assert!(out.stdout.contains(&line), "{line}\n{}", out.stdout);
+    }
+    // The subscription without either shows neither.
+    let plain = out
+        .stdout
+        .split("  plain -> ")
+        .nth(1)
+        .expect("the plain subscription listed");
+    assert!(
+        !plain.contains("auth:") && !plain.contains("tls:"),
+        "{plain}"
+    );
+
+    let json = run(true);
+    json.assert_status(0);
+    let v = json.json();
+    let subs = &v["subscriptions"];
+    assert_eq!(
+        subs[0]["auth"],
+        serde_json::json!({
+            "type": "oauth2_client_credentials",
+            "token_url": "https://login.example.com/tenant/token",
+            "client_id": "cdrhook-app",
+            "client_secret": "***",
+            "scope": "https://crm.example.com/.default",
+            "audience": "crm-api",
+        }),
+        "{v:#}"
+    );
+    assert_eq!(
+        subs[0]["tls"],
+        serde_json::json!({
+            "client_cert": pki.client_cert.display().to_string(),
+            "client_key": pki.client_key.display().to_string(),
+        }),
+        "{v:#}"
+    );
+    assert_eq!(subs[1]["auth"]["client_secret"], "***", "{v:#}");
+    assert_eq!(subs[1]["auth"]["scope"], Value::Null, "{v:#}");
+    assert_eq!(subs[1]["tls"], Value::Null, "{v:#}");
+    assert_eq!(subs[2]["auth"], Value::Null, "{v:#}");
+
+    // Neither client secret, nor the key itself, anywhere in either output.
+    for (what, text) in [
+        ("text", out.stdout + &out.stderr),
+        ("json", json.stdout + &json.stderr),
+    ] {
+        for secret in [CLIENT_SECRET, LITERAL, "PRIVATE KEY"] {
+            assert!(!text.contains(secret), "{what} shows {secret:?}:\n{text}");
+        }
+    }
+}
