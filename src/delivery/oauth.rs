@@ -14,7 +14,10 @@
 //!   before it expires, at least 60 s, at most half the lifetime) but not
 //!   expired: fetch, and keep using the old one if that fails;
 //! - after a 401 from the endpoint, the token that got it is dropped and the
-//!   request is sent once more with a new one, within the same attempt.
+//!   request is sent once more with a new one, within the same attempt; a
+//!   401 to that one too is an endpoint failure (an error, not a refusal of
+//!   one CDR), so the other deliveries wait behind the retry rather than
+//!   each fetch a token to be refused with.
 //!
 //! A failing token request (no connection, a non-2xx status, a body that is
 //! no token) is a failed attempt whose error names the token URL (as shown:
@@ -281,6 +284,20 @@ pub fn send(tokens: &Tokens, agent: &ureq::Agent, out: &Outgoing) -> Outcome {
                     out.sub.name
                 );
                 outcome = http::send_with(agent, out, Some(&renewed));
+                if outcome.status == Some(401) {
+                    // A token fetched just now is refused too: the endpoint
+                    // refuses this client (permissions, scope, audience),
+                    // not this CDR. Said as an error, the attempt is an
+                    // endpoint failure, so the subscription's other
+                    // deliveries wait behind its retry instead of each
+                    // asking the token endpoint for a token of its own.
+                    outcome.error = Some(
+                        "HTTP 401 from the endpoint, with a new token too: it refuses this \
+                         client's tokens (check the application's permissions there, and \
+                         scope/audience)"
+                            .to_string(),
+                    );
+                }
             }
             Err(message) => {
                 outcome.error = Some(format!(

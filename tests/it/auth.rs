@@ -220,6 +220,59 @@ fn a_401_drops_the_token_and_the_request_is_sent_once_more_with_a_new_one() {
 }
 
 #[test]
+fn a_401_to_a_new_token_too_holds_the_other_deliveries_behind_the_retry() {
+    // An endpoint that refuses this client whatever its token (an app
+    // without permissions there): each CDR must not fetch a token of its
+    // own to be refused with; the queue waits behind one retry like for a
+    // down endpoint.
+    let tokens = Receiver::start();
+    tokens.set("/token", token_answer("tok-refused-app", Some(3600)));
+    let crm = Receiver::start();
+    crm.set(
+        "/crm",
+        Behaviour::Sequence(vec![
+            Behaviour::Status(401),
+            Behaviour::Status(401),
+            Behaviour::Status(200),
+        ]),
+    );
+    let dir = TestDir::new();
+    let sub = subscription_with(
+        "crm",
+        &crm.url("/crm"),
+        &["*"],
+        &auth_block(&tokens.url("/token"), ""),
+    );
+    dir.config()
+        .subscriptions(&sub)
+        .delivery("timeout: 2s\nconcurrency: 1\nretry_schedule: [2s, 60s]")
+        .write();
+    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
+
+    dir.drop_file("a.json", &make_cdr(1));
+    let failed = wait_for_value(DEADLINE, "a's first attempt", || {
+        attempts_of(&daemon, "crm").into_iter().last()
+    });
+    assert_eq!(failed["status"], 401, "{failed:#}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("with a new token too")),
+        "{failed:#}"
+    );
+    assert_eq!(crm.count("/crm"), 2);
+    // Queued behind a's retry (2 s), which the endpoint then accepts.
+    dir.drop_file("b.json", &make_cdr(2));
+    dir.drop_file("c.json", &make_cdr(3));
+    wait_delivered(&daemon, &[("crm", 3)], DEADLINE);
+    let calls: Vec<String> = crm.requests_for("/crm").iter().map(call_id).collect();
+    assert_eq!(calls.len(), 5, "{calls:?}");
+    assert_eq!(calls[..3], ["call-1", "call-1", "call-1"], "{calls:?}");
+    // Two token requests in all: the first, and the one after the 401.
+    assert_eq!(tokens.count("/token"), 2);
+}
+
+#[test]
 fn a_token_endpoint_down_is_a_failed_attempt_naming_its_url_then_delivered_once_back() {
     let tokens = Receiver::start();
     tokens.set("/token", Behaviour::Status(503));
