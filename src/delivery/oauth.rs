@@ -31,12 +31,13 @@
 //! answer), what the token endpoint sends back is scrubbed of the client
 //! secret before it goes into an error, and the bearer header is masked in
 //! the journal like every credential header. A fetch for a subscription
-//! runs one at a time (a second attempt waits for it and uses its token);
+//! runs one at a time (a second attempt waits for it and uses its token,
+//! or, while a still valid token is being renewed, goes with that one);
 //! `status` reads the state without waiting for a fetch.
 
 use std::collections::HashMap;
 use std::io::Read as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::config::{OAuth2, Subscription};
@@ -318,15 +319,23 @@ fn token(
     name: &str,
     redactor: &Redactor,
 ) -> Result<String, String> {
-    if let (Decision::Use, Some(t)) = {
+    let (decision, cached) = {
         let state = lock(&slot.state);
         (state.decide(now_ms()), state.valid(now_ms()))
-    } {
-        return Ok(t);
-    }
+    };
     // One fetch at a time: whoever waited here finds the token the fetch
-    // before it got, and decides again.
-    let _fetching = lock(&slot.fetching);
+    // before it got, and decides again. But while a token still valid is
+    // being renewed, the other requests go with it rather than wait for
+    // the token endpoint (which may take up to the timeout to answer).
+    let _fetching = match (decision, cached) {
+        (Decision::Use, Some(t)) => return Ok(t),
+        (Decision::Renew, Some(still_valid)) => match slot.fetching.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(still_valid),
+        },
+        _ => lock(&slot.fetching),
+    };
     let now = now_ms();
     // Both under one lock: a 401 elsewhere may drop the token meanwhile.
     let (decision, cached) = {

@@ -153,6 +153,52 @@ fn a_token_is_fetched_with_the_form_cached_and_renewed_before_it_expires() {
 }
 
 #[test]
+fn while_a_valid_token_is_being_renewed_other_requests_go_with_it() {
+    // The renewal hangs past the old token's expiry. A request that finds
+    // it under way goes at once with the old token, still valid, instead
+    // of waiting for the token endpoint (and failing once it has expired).
+    let tokens = Receiver::start();
+    tokens.set(
+        "/token",
+        Behaviour::Sequence(vec![
+            token_answer("tok-first-6s", Some(6)),
+            Behaviour::Hang,
+            token_answer("tok-third", Some(3600)),
+        ]),
+    );
+    let crm = Receiver::start();
+    let dir = TestDir::new();
+    let sub = subscription_with(
+        "crm",
+        &crm.url("/crm"),
+        &["*"],
+        &auth_block(&tokens.url("/token"), ""),
+    );
+    dir.config()
+        .subscriptions(&sub)
+        .delivery("timeout: 4s\nconcurrency: 2\nretry_schedule: [500ms, 500ms, 500ms, 500ms]")
+        .write();
+    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
+    dir.drop_file("a.json", &make_cdr(1));
+    crm.wait_for_requests("/crm", 1, DEADLINE);
+    // Past the renewal time (3 s after issue), 2.5 s before expiry; the
+    // hanging renewal times out at 4 s, after the expiry.
+    std::thread::sleep(Duration::from_millis(3500));
+    dir.drop_file("b.json", &make_cdr(2));
+    dir.drop_file("c.json", &make_cdr(3));
+    let got = crm.wait_for_requests("/crm", 2, DEADLINE);
+    assert_eq!(
+        bearer(&got[1]).as_deref(),
+        Some("Bearer tok-first-6s"),
+        "the second request waited for the renewal"
+    );
+    // The other one gets through with the next token.
+    wait_delivered(&daemon, &[("crm", 3)], DEADLINE);
+    let got = crm.requests_for("/crm");
+    assert_eq!(bearer(&got[2]).as_deref(), Some("Bearer tok-third"));
+}
+
+#[test]
 fn a_401_drops_the_token_and_the_request_is_sent_once_more_with_a_new_one() {
     let tokens = Receiver::start();
     tokens.set(
