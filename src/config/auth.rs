@@ -422,8 +422,24 @@ struct KeyFile {
 }
 text_newtype!(KeyFile, "the path of a PEM private key file", |s| {
     let path = conf_file(s)?;
-    let (pem, access) = read_with_access(&path)
-        .map_err(|e| format!("tls.client_key {}: cannot read it: {e}", path.display()))?;
+    let (pem, access) = read_with_access(&path).map_err(|e| match e.kind() {
+        // Not text: what a Windows-side export often is.
+        std::io::ErrorKind::InvalidData => format!(
+            "tls.client_key {}: not a PEM file (a DER or PKCS#12 .pfx file? convert it to PEM \
+             with openssl)",
+            path.display()
+        ),
+        _ => format!("tls.client_key {}: cannot read it: {e}", path.display()),
+    })?;
+    // PKCS#8 `ENCRYPTED PRIVATE KEY`, or a legacy key with `Proc-Type:
+    // 4,ENCRYPTED`: the parser would skip the one and misread the other.
+    if pem.contains("ENCRYPTED") {
+        return Err(format!(
+            "tls.client_key {}: the key is encrypted (has a passphrase); cdrhook needs it \
+             unencrypted: `openssl pkey -in KEY -out PLAIN.key`, and keep that file chmod 600",
+            path.display()
+        ));
+    }
     let mut keys = Vec::new();
     for item in ureq::tls::parse_pem(pem.as_bytes()) {
         match item {
@@ -863,6 +879,35 @@ mod tests {
                 ),
             ),
         ];
+        // An encrypted key, and a binary (DER or .pfx) file.
+        std::fs::write(
+            d.join("encrypted.key"),
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkq\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        std::fs::write(d.join("client.pfx"), [0x30, 0x82, 0x0a, 0xff, 0xfe, 0x02]).expect("write");
+        let table = table.into_iter().chain([
+            (
+                "client.pem".into(),
+                "encrypted.key".into(),
+                7,
+                19,
+                format!(
+                    "tls.client_key {}: the key is encrypted",
+                    shown(&d.join("encrypted.key"))
+                ),
+            ),
+            (
+                "client.pem".into(),
+                "client.pfx".into(),
+                7,
+                19,
+                format!(
+                    "tls.client_key {}: not a PEM file",
+                    shown(&d.join("client.pfx"))
+                ),
+            ),
+        ]);
         for (c, k, line, column, says) in table {
             let message = refused(d, &tls(&c, &k), line, column);
             assert!(message.contains(&says), "{c} {k}: {message}");
