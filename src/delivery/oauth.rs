@@ -19,6 +19,10 @@
 //!   one CDR), so the other deliveries wait behind the retry rather than
 //!   each fetch a token to be refused with.
 //!
+//! The whole attempt, token requests included, keeps within
+//! `delivery.timeout` (each request gets what is left of it), as an attempt
+//! without `auth` does: shutdown waits that long for attempts in flight.
+//!
 //! A failing token request (no connection, a non-2xx status, a body that is
 //! no token) is a failed attempt whose error names the token URL (as shown:
 //! a `${VAR}` URL as written) and the status; the endpoint is never called
@@ -270,21 +274,41 @@ pub fn send(tokens: &Tokens, agent: &ureq::Agent, out: &Outgoing) -> Outcome {
     };
     let started = Instant::now();
     let time_ms = now_ms();
+    // The whole attempt (token, request, and after a 401 a new token and the
+    // request again) keeps within `delivery.timeout`, like an attempt
+    // without `auth`: shutdown waits that long for attempts in flight.
+    let budget = Budget(
+        agent
+            .config()
+            .timeouts()
+            .global
+            .map(|timeout| started + timeout),
+    );
     let slot = tokens.slot(&out.sub.name, auth);
-    let token = match token(&slot, agent, &out.sub.name, &out.sub.redactor) {
+    let token = match token(&slot, agent, &out.sub.name, &out.sub.redactor, budget) {
         Ok(token) => token,
         Err(message) => return token_failure(message, time_ms, started),
     };
-    let mut outcome = http::send_with(agent, out, Some(&token));
+    let Some(left) = budget.left() else {
+        let message = "the attempt's timeout ran out while waiting for a token".to_string();
+        return token_failure(message, time_ms, started);
+    };
+    let mut outcome = http::send_with(agent, out, Some(&token), left);
     if outcome.status == Some(401) {
         lock(&slot.state).unauthorized(&token);
-        match self::token(&slot, agent, &out.sub.name, &out.sub.redactor) {
-            Ok(renewed) => {
+        let renewed = self::token(&slot, agent, &out.sub.name, &out.sub.redactor, budget).and_then(
+            |renewed| match budget.left() {
+                Some(left) => Ok((renewed, left)),
+                None => Err("the attempt's timeout ran out before it could send again".to_string()),
+            },
+        );
+        match renewed {
+            Ok((renewed, left)) => {
                 log::info!(
                     "subscription {}: the endpoint answered 401; sending again with a new token",
                     out.sub.name
                 );
-                outcome = http::send_with(agent, out, Some(&renewed));
+                outcome = http::send_with(agent, out, Some(&renewed), left);
                 if outcome.status == Some(401) {
                     // A token fetched just now is refused too: the endpoint
                     // refuses this client (permissions, scope, audience),
@@ -311,6 +335,24 @@ pub fn send(tokens: &Tokens, agent: &ureq::Agent, out: &Outgoing) -> Outcome {
     outcome
 }
 
+/// When an attempt must be over: `None` when the agent has no timeout.
+#[derive(Debug, Clone, Copy)]
+struct Budget(Option<Instant>);
+
+impl Budget {
+    /// The time left for the next request: `Some(None)` unbounded,
+    /// `Some(Some(d))` at most `d`, `None` when it has run out.
+    fn left(self) -> Option<Option<Duration>> {
+        match self.0 {
+            None => Some(None),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then_some(Some(left))
+            }
+        }
+    }
+}
+
 /// The token to send now: cached, or fetched (one fetch at a time per
 /// subscription). `Err` is the attempt's error.
 fn token(
@@ -318,6 +360,7 @@ fn token(
     agent: &ureq::Agent,
     name: &str,
     redactor: &Redactor,
+    budget: Budget,
 ) -> Result<String, String> {
     let (decision, cached) = {
         let state = lock(&slot.state);
@@ -356,7 +399,7 @@ fn token(
             ))
         }
         // Renew, Fetch (and Use without a token, which the rule never gives).
-        _ => match fetch(agent, &slot.auth, redactor) {
+        _ => match fetch(agent, &slot.auth, redactor, budget) {
             Ok(fetched) => {
                 let token = Token::new(fetched.access_token, now_ms(), fetched.lifetime);
                 let value = token.value.clone();
@@ -417,11 +460,22 @@ struct Fetched {
 
 /// The token request: a form POST through the one agent. `Err` is a message
 /// that names the token URL (as shown) and, when one came, the status.
-fn fetch(agent: &ureq::Agent, auth: &OAuth2, redactor: &Redactor) -> Result<Fetched, String> {
+fn fetch(
+    agent: &ureq::Agent,
+    auth: &OAuth2,
+    redactor: &Redactor,
+    budget: Budget,
+) -> Result<Fetched, String> {
     let url = auth.token_url.shown();
     let failed = |why: String| {
         let text = format!("token request to {url} failed: {why}");
         redactor.scrub(&text).into_owned()
+    };
+    let Some(left) = budget.left() else {
+        return Err(failed(
+            "not sent: the attempt's timeout ran out while waiting for another token request"
+                .into(),
+        ));
     };
     let mut form = vec![
         ("grant_type", "client_credentials"),
@@ -435,11 +489,14 @@ fn fetch(agent: &ureq::Agent, auth: &OAuth2, redactor: &Redactor) -> Result<Fetc
         form.push(("audience", audience));
     }
     let body = form_encode(&form);
-    let response = agent
+    let mut request = agent
         .post(auth.token_url.expose())
         .header("content-type", "application/x-www-form-urlencoded")
-        .header("accept", "application/json")
-        .send(body.as_bytes());
+        .header("accept", "application/json");
+    if let Some(left) = left {
+        request = request.config().timeout_global(Some(left)).build();
+    }
+    let response = request.send(body.as_bytes());
     let mut response = match response {
         Ok(r) => r,
         Err(e) => return Err(failed(http::describe(&e))),
@@ -751,6 +808,20 @@ mod tests {
             ]),
             "grant_type=client_credentials&client_id=id+1&client_secret=a%2Bb%2Fc%3Dd%26e%25\
              &scope=https%3A%2F%2Fh%2F.default"
+        );
+    }
+
+    #[test]
+    fn the_budget_is_what_is_left_of_the_attempt() {
+        assert_eq!(Budget(None).left(), Some(None));
+        let now = Instant::now();
+        assert_eq!(Budget(Some(now)).left(), None);
+        let left = Budget(Some(now + Duration::from_secs(10))).left();
+        assert!(
+            left.is_some_and(
+                |l| l.is_some_and(|d| d <= Duration::from_secs(10) && d > Duration::from_secs(5))
+            ),
+            "{left:?}"
         );
     }
 

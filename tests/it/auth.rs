@@ -319,6 +319,61 @@ fn a_401_to_a_new_token_too_holds_the_other_deliveries_behind_the_retry() {
 }
 
 #[test]
+fn the_whole_attempt_with_its_token_requests_keeps_within_the_timeout() {
+    // timeout 2 s: the token, then a 401 after 1.2 s; the new token would
+    // take 1.5 s, past the attempt's 2 s: the attempt ends failed at its
+    // timeout instead of running on (shutdown waits only the timeout for
+    // attempts in flight).
+    let tokens = Receiver::start();
+    tokens.set(
+        "/token",
+        Behaviour::Sequence(vec![
+            token_answer("tok-first", Some(3600)),
+            Behaviour::Delayed(
+                Duration::from_millis(1500),
+                Box::new(token_answer("tok-slow", Some(3600))),
+            ),
+        ]),
+    );
+    let crm = Receiver::start();
+    crm.set(
+        "/crm",
+        Behaviour::Sequence(vec![
+            Behaviour::Delayed(
+                Duration::from_millis(1200),
+                Box::new(Behaviour::Status(401)),
+            ),
+            Behaviour::Status(200),
+        ]),
+    );
+    let dir = TestDir::new();
+    let sub = subscription_with(
+        "crm",
+        &crm.url("/crm"),
+        &["*"],
+        &auth_block(&tokens.url("/token"), ""),
+    );
+    dir.config()
+        .subscriptions(&sub)
+        .delivery("timeout: 2s\nretry_schedule: [1h]")
+        .write();
+    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
+    dir.drop_file("a.json", &make_cdr(1));
+    let first = wait_for_value(DEADLINE, "the first attempt", || {
+        attempts_of(&daemon, "crm").into_iter().last()
+    });
+    assert_eq!(first["status"], 401, "{first:#}");
+    let error = first["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("HTTP 401 from the endpoint, and no new token: token request to")
+            && error.contains("timeout"),
+        "{first:#}"
+    );
+    // Not sent again: the slow token never arrived in time.
+    assert_eq!(crm.count("/crm"), 1);
+}
+
+#[test]
 fn a_token_endpoint_down_is_a_failed_attempt_naming_its_url_then_delivered_once_back() {
     let tokens = Receiver::start();
     tokens.set("/token", Behaviour::Status(503));
