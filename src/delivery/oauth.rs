@@ -282,7 +282,8 @@ pub fn send(tokens: &Tokens, agent: &ureq::Agent, out: &Outgoing) -> Outcome {
             .config()
             .timeouts()
             .global
-            .map(|timeout| started + timeout),
+            // A timeout too large to add (a config can say so) is none.
+            .and_then(|timeout| started.checked_add(timeout)),
     );
     let slot = tokens.slot(&out.sub.name, auth);
     let token = match token(&slot, agent, &out.sub.name, &out.sub.redactor, budget) {
