@@ -402,7 +402,9 @@ fn token(
         // Renew, Fetch (and Use without a token, which the rule never gives).
         _ => match fetch(agent, &slot.auth, redactor, budget) {
             Ok(fetched) => {
-                let token = Token::new(fetched.access_token, now_ms(), fetched.lifetime);
+                // Its lifetime counts from when it was asked for: the
+                // provider started it before its answer arrived.
+                let token = Token::new(fetched.access_token, now, fetched.lifetime);
                 let value = token.value.clone();
                 let mut state = lock(&slot.state);
                 if state.failures > 0 {
