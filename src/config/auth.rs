@@ -205,9 +205,10 @@ impl<'de> Deserialize<'de> for AuthEntry {
 /// The checks of `auth` and `tls` against the rest of their subscription,
 /// and what they add to it: the client secret (and a `${VAR}` token URL)
 /// to its redactor, a literal client secret to the file's secrets, and
-/// warnings for a certificate or a client secret that would travel
-/// unencrypted. Raised from inside the subscription's `visit_map`, so a
-/// refusal carries its position.
+/// warnings for a certificate that would never be presented, or a client
+/// secret or an access token that would travel unencrypted. Raised from
+/// inside the subscription's `visit_map`, so a refusal carries its
+/// position.
 pub(super) fn check_subscription(
     name: &str,
     auth: Option<AuthEntry>,
@@ -250,6 +251,14 @@ pub(super) fn check_subscription(
         let warning = format!(
             "subscriptions[{name}].auth.token_url {} is not https: the client secret and the token travel unencrypted",
             a.oauth2.token_url.shown()
+        );
+        with_context(|ctx| ctx.warnings.push(warning));
+    }
+    let endpoint_url = endpoint.expose();
+    if !is_https(endpoint_url) && !is_loopback(endpoint_url) {
+        let warning = format!(
+            "subscriptions[{name}].auth: the endpoint {} is not https: the access token travels unencrypted",
+            endpoint.shown()
         );
         with_context(|ctx| ctx.warnings.push(warning));
     }
@@ -737,6 +746,14 @@ mod tests {
             ),
             (
                 "http://crm/h",
+                "https://login/t",
+                vec![
+                    "subscriptions[crm].tls: the endpoint is not https",
+                    "subscriptions[crm].auth: the endpoint http://crm/h is not https: the access token",
+                ],
+            ),
+            (
+                "http://127.0.0.1:8080/h",
                 "https://login/t",
                 vec!["subscriptions[crm].tls: the endpoint is not https"],
             ),
