@@ -359,6 +359,9 @@ fn check_config(path: &Path, json: bool) -> i32 {
                             "events": s.events.iter().map(|e| e.as_str()).collect::<Vec<_>>(),
                             // The effective routing: null, or property -> values.
                             "filter": s.filter.as_ref().map(|f| f.to_json()),
+                            // Contract §10: null, or the keys (secret masked).
+                            "auth": s.auth.as_ref().map(|a| a.to_json()),
+                            "tls": s.tls.as_ref().map(|t| t.to_json()),
                         })
                     })
                     .collect();
@@ -388,6 +391,13 @@ fn check_config(path: &Path, json: bool) -> i32 {
                     match &s.filter {
                         Some(f) => println!("      filter: {f} (all must match)"),
                         None => println!("      filter: none (every CDR of these events)"),
+                    }
+                    // How it authenticates, when it does (never the secret).
+                    if let Some(a) = &s.auth {
+                        println!("      auth: {a}");
+                    }
+                    if let Some(t) = &s.tls {
+                        println!("      tls: {t}");
                     }
                 }
                 // Like ssh with a loose key: said, but not refused.

@@ -32,6 +32,42 @@ pub struct OAuth2 {
     pub audience: Option<String>,
 }
 
+impl OAuth2 {
+    /// For `check-config --json`: the keys as the file gives them, the
+    /// client secret masked and a `${VAR}` token URL as written.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "type": "oauth2_client_credentials",
+            "token_url": self.token_url.shown(),
+            "client_id": self.client_id,
+            "client_secret": self.client_secret.shown(),
+            "scope": self.scope,
+            "audience": self.audience,
+        })
+    }
+}
+
+/// For `check-config`: one line, the client secret masked; `scope` and
+/// `audience` only when given.
+impl fmt::Display for OAuth2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "oauth2_client_credentials from {}, client_id {:?}, client_secret {}",
+            self.token_url.shown(),
+            self.client_id,
+            self.client_secret.shown()
+        )?;
+        if let Some(scope) = &self.scope {
+            write!(f, ", scope {scope:?}")?;
+        }
+        if let Some(audience) = &self.audience {
+            write!(f, ", audience {audience:?}")?;
+        }
+        Ok(())
+    }
+}
+
 /// `tls`: the client certificate (chain) and its key, read at load.
 #[derive(Clone)]
 pub struct ClientTls {
@@ -52,6 +88,28 @@ impl PartialEq for ClientTls {
         self.client_cert == other.client_cert
             && self.client_key == other.client_key
             && der(&self.identity) == der(&other.identity)
+    }
+}
+
+impl ClientTls {
+    /// For `check-config --json`: the two paths (never the key itself).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "client_cert": self.client_cert.display().to_string(),
+            "client_key": self.client_key.display().to_string(),
+        })
+    }
+}
+
+/// For `check-config`: the two paths.
+impl fmt::Display for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "client_cert {}, client_key {}",
+            self.client_cert.display(),
+            self.client_key.display()
+        )
     }
 }
 
@@ -147,9 +205,10 @@ impl<'de> Deserialize<'de> for AuthEntry {
 /// The checks of `auth` and `tls` against the rest of their subscription,
 /// and what they add to it: the client secret (and a `${VAR}` token URL)
 /// to its redactor, a literal client secret to the file's secrets, and
-/// warnings for a certificate or a client secret that would travel
-/// unencrypted. Raised from inside the subscription's `visit_map`, so a
-/// refusal carries its position.
+/// warnings for a certificate that would never be presented, or a client
+/// secret or an access token that would travel unencrypted. Raised from
+/// inside the subscription's `visit_map`, so a refusal carries its
+/// position.
 pub(super) fn check_subscription(
     name: &str,
     auth: Option<AuthEntry>,
@@ -192,6 +251,14 @@ pub(super) fn check_subscription(
         let warning = format!(
             "subscriptions[{name}].auth.token_url {} is not https: the client secret and the token travel unencrypted",
             a.oauth2.token_url.shown()
+        );
+        with_context(|ctx| ctx.warnings.push(warning));
+    }
+    let endpoint_url = endpoint.expose();
+    if !is_https(endpoint_url) && !is_loopback(endpoint_url) {
+        let warning = format!(
+            "subscriptions[{name}].auth: the endpoint {} is not https: the access token travels unencrypted",
+            endpoint.shown()
         );
         with_context(|ctx| ctx.warnings.push(warning));
     }
@@ -364,8 +431,24 @@ struct KeyFile {
 }
 text_newtype!(KeyFile, "the path of a PEM private key file", |s| {
     let path = conf_file(s)?;
-    let (pem, access) = read_with_access(&path)
-        .map_err(|e| format!("tls.client_key {}: cannot read it: {e}", path.display()))?;
+    let (pem, access) = read_with_access(&path).map_err(|e| match e.kind() {
+        // Not text: what a Windows-side export often is.
+        std::io::ErrorKind::InvalidData => format!(
+            "tls.client_key {}: not a PEM file (a DER or PKCS#12 .pfx file? convert it to PEM \
+             with openssl)",
+            path.display()
+        ),
+        _ => format!("tls.client_key {}: cannot read it: {e}", path.display()),
+    })?;
+    // PKCS#8 `ENCRYPTED PRIVATE KEY`, or a legacy key with `Proc-Type:
+    // 4,ENCRYPTED`: the parser would skip the one and misread the other.
+    if pem.contains("ENCRYPTED") {
+        return Err(format!(
+            "tls.client_key {}: the key is encrypted (has a passphrase); cdrhook needs it \
+             unencrypted: `openssl pkey -in KEY -out PLAIN.key`, and keep that file chmod 600",
+            path.display()
+        ));
+    }
     let mut keys = Vec::new();
     for item in ureq::tls::parse_pem(pem.as_bytes()) {
         match item {
@@ -521,6 +604,46 @@ mod tests {
     }
 
     #[test]
+    fn check_config_shows_the_keys_with_the_secret_masked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let text = auth(
+            "      type: oauth2_client_credentials\n      token_url: https://login.example.com/${TENANT}/token\n      client_id: cdrhook\n      client_secret: \"${DYN_SECRET}\"\n      scope: \"https://crm.example.com/.default\"\n",
+        );
+        let c = parse_in(
+            dir.path(),
+            &text,
+            &[("DYN_SECRET", "s3cr3t-value"), ("TENANT", "tenant-42")],
+        )
+        .expect("valid");
+        let a = c.subscriptions[0].auth.as_ref().expect("auth");
+        assert_eq!(
+            a.to_string(),
+            "oauth2_client_credentials from https://login.example.com/${TENANT}/token, \
+             client_id \"cdrhook\", client_secret ***, scope \"https://crm.example.com/.default\""
+        );
+        assert_eq!(
+            a.to_json(),
+            serde_json::json!({
+                "type": "oauth2_client_credentials",
+                "token_url": "https://login.example.com/${TENANT}/token",
+                "client_id": "cdrhook",
+                "client_secret": "***",
+                "scope": "https://crm.example.com/.default",
+                "audience": null,
+            })
+        );
+        // A literal secret is masked the same way.
+        let text = auth("      type: oauth2_client_credentials\n      token_url: https://l/t\n      client_id: a\n      client_secret: literal-secret\n      audience: crm\n");
+        let c = parse_in(dir.path(), &text, &[]).expect("valid");
+        let a = c.subscriptions[0].auth.as_ref().expect("auth");
+        assert_eq!(
+            a.to_string(),
+            "oauth2_client_credentials from https://l/t, client_id \"a\", client_secret ***, audience \"crm\""
+        );
+        assert!(!a.to_json().to_string().contains("literal-secret"));
+    }
+
+    #[test]
     fn client_secret_file_is_read_trimmed_and_warned_about_when_loose() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().expect("dir");
@@ -624,6 +747,14 @@ mod tests {
             (
                 "http://crm/h",
                 "https://login/t",
+                vec![
+                    "subscriptions[crm].tls: the endpoint is not https",
+                    "subscriptions[crm].auth: the endpoint http://crm/h is not https: the access token",
+                ],
+            ),
+            (
+                "http://127.0.0.1:8080/h",
+                "https://login/t",
                 vec!["subscriptions[crm].tls: the endpoint is not https"],
             ),
         ] {
@@ -680,6 +811,22 @@ mod tests {
         assert_eq!(t.identity.certs().len(), 1);
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert!(!format!("{t:?}").contains("PRIVATE"));
+        // What check-config shows: the two paths.
+        assert_eq!(
+            t.to_string(),
+            format!(
+                "client_cert {}, client_key {}",
+                cert.display(),
+                key.display()
+            )
+        );
+        assert_eq!(
+            t.to_json(),
+            serde_json::json!({
+                "client_cert": cert.display().to_string(),
+                "client_key": key.display().to_string(),
+            })
+        );
         // Read again, the same files are the same config.
         let again = parse_in(dir.path(), &tls("client.pem", "client.key"), &[]).expect("valid");
         assert_eq!(c, again);
@@ -749,6 +896,35 @@ mod tests {
                 ),
             ),
         ];
+        // An encrypted key, and a binary (DER or .pfx) file.
+        std::fs::write(
+            d.join("encrypted.key"),
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIBvTBXBgkq\n-----END ENCRYPTED PRIVATE KEY-----\n",
+        )
+        .expect("write");
+        std::fs::write(d.join("client.pfx"), [0x30, 0x82, 0x0a, 0xff, 0xfe, 0x02]).expect("write");
+        let table = table.into_iter().chain([
+            (
+                "client.pem".into(),
+                "encrypted.key".into(),
+                7,
+                19,
+                format!(
+                    "tls.client_key {}: the key is encrypted",
+                    shown(&d.join("encrypted.key"))
+                ),
+            ),
+            (
+                "client.pem".into(),
+                "client.pfx".into(),
+                7,
+                19,
+                format!(
+                    "tls.client_key {}: not a PEM file",
+                    shown(&d.join("client.pfx"))
+                ),
+            ),
+        ]);
         for (c, k, line, column, says) in table {
             let message = refused(d, &tls(&c, &k), line, column);
             assert!(message.contains(&says), "{c} {k}: {message}");

@@ -167,7 +167,7 @@ impl Outcome {
 /// Sends one attempt. Never panics and never returns early: every way it
 /// can go wrong becomes an `Outcome` with an error, for the journal.
 pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
-    send_with(agent, out, None)
+    send_with(agent, out, None, None)
 }
 
 /// [`send`], with an OAuth2 access token as `Authorization: Bearer` (masked
@@ -175,7 +175,14 @@ pub fn send(agent: &ureq::Agent, out: &Outgoing) -> Outcome {
 /// subscription's `tls` client certificate goes with the request's own TLS
 /// settings: ureq then neither takes nor returns a pooled connection for it,
 /// so a connection made with one identity never carries another's request.
-pub fn send_with(agent: &ureq::Agent, out: &Outgoing, bearer: Option<&str>) -> Outcome {
+/// `timeout`, when given, replaces the agent's for this request (what is
+/// left of an attempt that also asked for a token).
+pub fn send_with(
+    agent: &ureq::Agent,
+    out: &Outgoing,
+    bearer: Option<&str>,
+    timeout: Option<Duration>,
+) -> Outcome {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -207,6 +214,9 @@ pub fn send_with(agent: &ureq::Agent, out: &Outgoing, bearer: Option<&str>) -> O
             .client_cert(Some(tls.identity.clone()))
             .build();
         request = request.config().tls_config(config).build();
+    }
+    if let Some(timeout) = timeout {
+        request = request.config().timeout_global(Some(timeout)).build();
     }
     for (name, value, _) in &headers {
         request = request.header(name.as_str(), value.as_str());

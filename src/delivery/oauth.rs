@@ -14,7 +14,14 @@
 //!   before it expires, at least 60 s, at most half the lifetime) but not
 //!   expired: fetch, and keep using the old one if that fails;
 //! - after a 401 from the endpoint, the token that got it is dropped and the
-//!   request is sent once more with a new one, within the same attempt.
+//!   request is sent once more with a new one, within the same attempt; a
+//!   401 to that one too is an endpoint failure (an error, not a refusal of
+//!   one CDR), so the other deliveries wait behind the retry rather than
+//!   each fetch a token to be refused with.
+//!
+//! The whole attempt, token requests included, keeps within
+//! `delivery.timeout` (each request gets what is left of it), as an attempt
+//! without `auth` does: shutdown waits that long for attempts in flight.
 //!
 //! A failing token request (no connection, a non-2xx status, a body that is
 //! no token) is a failed attempt whose error names the token URL (as shown:
@@ -28,12 +35,13 @@
 //! answer), what the token endpoint sends back is scrubbed of the client
 //! secret before it goes into an error, and the bearer header is masked in
 //! the journal like every credential header. A fetch for a subscription
-//! runs one at a time (a second attempt waits for it and uses its token);
+//! runs one at a time (a second attempt waits for it and uses its token,
+//! or, while a still valid token is being renewed, goes with that one);
 //! `status` reads the state without waiting for a fetch.
 
 use std::collections::HashMap;
 use std::io::Read as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::config::{OAuth2, Subscription};
@@ -266,21 +274,56 @@ pub fn send(tokens: &Tokens, agent: &ureq::Agent, out: &Outgoing) -> Outcome {
     };
     let started = Instant::now();
     let time_ms = now_ms();
+    // The whole attempt (token, request, and after a 401 a new token and the
+    // request again) keeps within `delivery.timeout`, like an attempt
+    // without `auth`: shutdown waits that long for attempts in flight.
+    let budget = Budget(
+        agent
+            .config()
+            .timeouts()
+            .global
+            // A timeout too large to add (a config can say so) is none.
+            .and_then(|timeout| started.checked_add(timeout)),
+    );
     let slot = tokens.slot(&out.sub.name, auth);
-    let token = match token(&slot, agent, &out.sub.name, &out.sub.redactor) {
+    let token = match token(&slot, agent, &out.sub.name, &out.sub.redactor, budget) {
         Ok(token) => token,
         Err(message) => return token_failure(message, time_ms, started),
     };
-    let mut outcome = http::send_with(agent, out, Some(&token));
+    let Some(left) = budget.left() else {
+        let message = "the attempt's timeout ran out while waiting for a token".to_string();
+        return token_failure(message, time_ms, started);
+    };
+    let mut outcome = http::send_with(agent, out, Some(&token), left);
     if outcome.status == Some(401) {
         lock(&slot.state).unauthorized(&token);
-        match self::token(&slot, agent, &out.sub.name, &out.sub.redactor) {
-            Ok(renewed) => {
+        let renewed = self::token(&slot, agent, &out.sub.name, &out.sub.redactor, budget).and_then(
+            |renewed| match budget.left() {
+                Some(left) => Ok((renewed, left)),
+                None => Err("the attempt's timeout ran out before it could send again".to_string()),
+            },
+        );
+        match renewed {
+            Ok((renewed, left)) => {
                 log::info!(
                     "subscription {}: the endpoint answered 401; sending again with a new token",
                     out.sub.name
                 );
-                outcome = http::send_with(agent, out, Some(&renewed));
+                outcome = http::send_with(agent, out, Some(&renewed), left);
+                if outcome.status == Some(401) {
+                    // A token fetched just now is refused too: the endpoint
+                    // refuses this client (permissions, scope, audience),
+                    // not this CDR. Said as an error, the attempt is an
+                    // endpoint failure, so the subscription's other
+                    // deliveries wait behind its retry instead of each
+                    // asking the token endpoint for a token of its own.
+                    outcome.error = Some(
+                        "HTTP 401 from the endpoint, with a new token too: it refuses this \
+                         client's tokens (check the application's permissions there, and \
+                         scope/audience)"
+                            .to_string(),
+                    );
+                }
             }
             Err(message) => {
                 outcome.error = Some(format!(
@@ -293,6 +336,24 @@ pub fn send(tokens: &Tokens, agent: &ureq::Agent, out: &Outgoing) -> Outcome {
     outcome
 }
 
+/// When an attempt must be over: `None` when the agent has no timeout.
+#[derive(Debug, Clone, Copy)]
+struct Budget(Option<Instant>);
+
+impl Budget {
+    /// The time left for the next request: `Some(None)` unbounded,
+    /// `Some(Some(d))` at most `d`, `None` when it has run out.
+    fn left(self) -> Option<Option<Duration>> {
+        match self.0 {
+            None => Some(None),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then_some(Some(left))
+            }
+        }
+    }
+}
+
 /// The token to send now: cached, or fetched (one fetch at a time per
 /// subscription). `Err` is the attempt's error.
 fn token(
@@ -300,16 +361,25 @@ fn token(
     agent: &ureq::Agent,
     name: &str,
     redactor: &Redactor,
+    budget: Budget,
 ) -> Result<String, String> {
-    if let (Decision::Use, Some(t)) = {
+    let (decision, cached) = {
         let state = lock(&slot.state);
         (state.decide(now_ms()), state.valid(now_ms()))
-    } {
-        return Ok(t);
-    }
+    };
     // One fetch at a time: whoever waited here finds the token the fetch
-    // before it got, and decides again.
-    let _fetching = lock(&slot.fetching);
+    // before it got, and decides again. But while a token still valid is
+    // being renewed, the other requests go with it rather than wait for
+    // the token endpoint (which may take up to the timeout to answer).
+    let _fetching = match (decision, cached) {
+        (Decision::Use, Some(t)) => return Ok(t),
+        (Decision::Renew, Some(still_valid)) => match slot.fetching.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(still_valid),
+        },
+        _ => lock(&slot.fetching),
+    };
     let now = now_ms();
     // Both under one lock: a 401 elsewhere may drop the token meanwhile.
     let (decision, cached) = {
@@ -330,9 +400,11 @@ fn token(
             ))
         }
         // Renew, Fetch (and Use without a token, which the rule never gives).
-        _ => match fetch(agent, &slot.auth, redactor) {
+        _ => match fetch(agent, &slot.auth, redactor, budget) {
             Ok(fetched) => {
-                let token = Token::new(fetched.access_token, now_ms(), fetched.lifetime);
+                // Its lifetime counts from when it was asked for: the
+                // provider started it before its answer arrived.
+                let token = Token::new(fetched.access_token, now, fetched.lifetime);
                 let value = token.value.clone();
                 let mut state = lock(&slot.state);
                 if state.failures > 0 {
@@ -391,11 +463,22 @@ struct Fetched {
 
 /// The token request: a form POST through the one agent. `Err` is a message
 /// that names the token URL (as shown) and, when one came, the status.
-fn fetch(agent: &ureq::Agent, auth: &OAuth2, redactor: &Redactor) -> Result<Fetched, String> {
+fn fetch(
+    agent: &ureq::Agent,
+    auth: &OAuth2,
+    redactor: &Redactor,
+    budget: Budget,
+) -> Result<Fetched, String> {
     let url = auth.token_url.shown();
     let failed = |why: String| {
         let text = format!("token request to {url} failed: {why}");
         redactor.scrub(&text).into_owned()
+    };
+    let Some(left) = budget.left() else {
+        return Err(failed(
+            "not sent: the attempt's timeout ran out while waiting for another token request"
+                .into(),
+        ));
     };
     let mut form = vec![
         ("grant_type", "client_credentials"),
@@ -409,11 +492,14 @@ fn fetch(agent: &ureq::Agent, auth: &OAuth2, redactor: &Redactor) -> Result<Fetc
         form.push(("audience", audience));
     }
     let body = form_encode(&form);
-    let response = agent
+    let mut request = agent
         .post(auth.token_url.expose())
         .header("content-type", "application/x-www-form-urlencoded")
-        .header("accept", "application/json")
-        .send(body.as_bytes());
+        .header("accept", "application/json");
+    if let Some(left) = left {
+        request = request.config().timeout_global(Some(left)).build();
+    }
+    let response = request.send(body.as_bytes());
     let mut response = match response {
         Ok(r) => r,
         Err(e) => return Err(failed(http::describe(&e))),
@@ -725,6 +811,20 @@ mod tests {
             ]),
             "grant_type=client_credentials&client_id=id+1&client_secret=a%2Bb%2Fc%3Dd%26e%25\
              &scope=https%3A%2F%2Fh%2F.default"
+        );
+    }
+
+    #[test]
+    fn the_budget_is_what_is_left_of_the_attempt() {
+        assert_eq!(Budget(None).left(), Some(None));
+        let now = Instant::now();
+        assert_eq!(Budget(Some(now)).left(), None);
+        let left = Budget(Some(now + Duration::from_secs(10))).left();
+        assert!(
+            left.is_some_and(
+                |l| l.is_some_and(|d| d <= Duration::from_secs(10) && d > Duration::from_secs(5))
+            ),
+            "{left:?}"
         );
     }
 

@@ -153,6 +153,52 @@ fn a_token_is_fetched_with_the_form_cached_and_renewed_before_it_expires() {
 }
 
 #[test]
+fn while_a_valid_token_is_being_renewed_other_requests_go_with_it() {
+    // The renewal hangs past the old token's expiry. A request that finds
+    // it under way goes at once with the old token, still valid, instead
+    // of waiting for the token endpoint (and failing once it has expired).
+    let tokens = Receiver::start();
+    tokens.set(
+        "/token",
+        Behaviour::Sequence(vec![
+            token_answer("tok-first-6s", Some(6)),
+            Behaviour::Hang,
+            token_answer("tok-third", Some(3600)),
+        ]),
+    );
+    let crm = Receiver::start();
+    let dir = TestDir::new();
+    let sub = subscription_with(
+        "crm",
+        &crm.url("/crm"),
+        &["*"],
+        &auth_block(&tokens.url("/token"), ""),
+    );
+    dir.config()
+        .subscriptions(&sub)
+        .delivery("timeout: 4s\nconcurrency: 2\nretry_schedule: [500ms, 500ms, 500ms, 500ms]")
+        .write();
+    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
+    dir.drop_file("a.json", &make_cdr(1));
+    crm.wait_for_requests("/crm", 1, DEADLINE);
+    // Past the renewal time (3 s after issue), 2.5 s before expiry; the
+    // hanging renewal times out at 4 s, after the expiry.
+    std::thread::sleep(Duration::from_millis(3500));
+    dir.drop_file("b.json", &make_cdr(2));
+    dir.drop_file("c.json", &make_cdr(3));
+    let got = crm.wait_for_requests("/crm", 2, DEADLINE);
+    assert_eq!(
+        bearer(&got[1]).as_deref(),
+        Some("Bearer tok-first-6s"),
+        "the second request waited for the renewal"
+    );
+    // The other one gets through with the next token.
+    wait_delivered(&daemon, &[("crm", 3)], DEADLINE);
+    let got = crm.requests_for("/crm");
+    assert_eq!(bearer(&got[2]).as_deref(), Some("Bearer tok-third"));
+}
+
+#[test]
 fn a_401_drops_the_token_and_the_request_is_sent_once_more_with_a_new_one() {
     let tokens = Receiver::start();
     tokens.set(
@@ -217,6 +263,114 @@ fn a_401_drops_the_token_and_the_request_is_sent_once_more_with_a_new_one() {
     wait_for(DEADLINE, "the second CDR retrying", || {
         daemon.counter("crm", "retrying") == 1
     });
+}
+
+#[test]
+fn a_401_to_a_new_token_too_holds_the_other_deliveries_behind_the_retry() {
+    // An endpoint that refuses this client whatever its token (an app
+    // without permissions there): each CDR must not fetch a token of its
+    // own to be refused with; the queue waits behind one retry like for a
+    // down endpoint.
+    let tokens = Receiver::start();
+    tokens.set("/token", token_answer("tok-refused-app", Some(3600)));
+    let crm = Receiver::start();
+    crm.set(
+        "/crm",
+        Behaviour::Sequence(vec![
+            Behaviour::Status(401),
+            Behaviour::Status(401),
+            Behaviour::Status(200),
+        ]),
+    );
+    let dir = TestDir::new();
+    let sub = subscription_with(
+        "crm",
+        &crm.url("/crm"),
+        &["*"],
+        &auth_block(&tokens.url("/token"), ""),
+    );
+    dir.config()
+        .subscriptions(&sub)
+        .delivery("timeout: 2s\nconcurrency: 1\nretry_schedule: [2s, 60s]")
+        .write();
+    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
+
+    dir.drop_file("a.json", &make_cdr(1));
+    let failed = wait_for_value(DEADLINE, "a's first attempt", || {
+        attempts_of(&daemon, "crm").into_iter().last()
+    });
+    assert_eq!(failed["status"], 401, "{failed:#}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("with a new token too")),
+        "{failed:#}"
+    );
+    assert_eq!(crm.count("/crm"), 2);
+    // Queued behind a's retry (2 s), which the endpoint then accepts.
+    dir.drop_file("b.json", &make_cdr(2));
+    dir.drop_file("c.json", &make_cdr(3));
+    wait_delivered(&daemon, &[("crm", 3)], DEADLINE);
+    let calls: Vec<String> = crm.requests_for("/crm").iter().map(call_id).collect();
+    assert_eq!(calls.len(), 5, "{calls:?}");
+    assert_eq!(calls[..3], ["call-1", "call-1", "call-1"], "{calls:?}");
+    // Two token requests in all: the first, and the one after the 401.
+    assert_eq!(tokens.count("/token"), 2);
+}
+
+#[test]
+fn the_whole_attempt_with_its_token_requests_keeps_within_the_timeout() {
+    // timeout 2 s: the token, then a 401 after 1.2 s; the new token would
+    // take 1.5 s, past the attempt's 2 s: the attempt ends failed at its
+    // timeout instead of running on (shutdown waits only the timeout for
+    // attempts in flight).
+    let tokens = Receiver::start();
+    tokens.set(
+        "/token",
+        Behaviour::Sequence(vec![
+            token_answer("tok-first", Some(3600)),
+            Behaviour::Delayed(
+                Duration::from_millis(1500),
+                Box::new(token_answer("tok-slow", Some(3600))),
+            ),
+        ]),
+    );
+    let crm = Receiver::start();
+    crm.set(
+        "/crm",
+        Behaviour::Sequence(vec![
+            Behaviour::Delayed(
+                Duration::from_millis(1200),
+                Box::new(Behaviour::Status(401)),
+            ),
+            Behaviour::Status(200),
+        ]),
+    );
+    let dir = TestDir::new();
+    let sub = subscription_with(
+        "crm",
+        &crm.url("/crm"),
+        &["*"],
+        &auth_block(&tokens.url("/token"), ""),
+    );
+    dir.config()
+        .subscriptions(&sub)
+        .delivery("timeout: 2s\nretry_schedule: [1h]")
+        .write();
+    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
+    dir.drop_file("a.json", &make_cdr(1));
+    let first = wait_for_value(DEADLINE, "the first attempt", || {
+        attempts_of(&daemon, "crm").into_iter().last()
+    });
+    assert_eq!(first["status"], 401, "{first:#}");
+    let error = first["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("HTTP 401 from the endpoint, and no new token: token request to")
+            && error.contains("timeout"),
+        "{first:#}"
+    );
+    // Not sent again: the slow token never arrived in time.
+    assert_eq!(crm.count("/crm"), 1);
 }
 
 #[test]
@@ -507,4 +661,116 @@ fn a_token_answer_that_is_too_large_or_no_token_is_a_failed_attempt() {
     }
     assert_eq!(tokens.count("/token"), 3);
     assert_eq!(crm.count("/crm"), 1);
+}
+
+#[test]
+fn check_config_shows_auth_and_tls_without_the_client_secret() {
+    let dir = TestDir::new();
+    let pki = Pki::new(dir.path());
+    const LITERAL: &str = "cs-Lm57-literal-NEVER-PRINT";
+    let subs = [
+        subscription_with(
+            "dynamics",
+            "https://crm.example.com/hook",
+            &["*"],
+            &format!(
+                "{}{}",
+                auth_block(
+                    "https://login.example.com/tenant/token",
+                    "  scope: \"https://crm.example.com/.default\"\n  audience: crm-api\n",
+                ),
+                tls_block(&pki.client_cert, &pki.client_key)
+            ),
+        ),
+        subscription_with(
+            "salesforce",
+            "https://sf.example.com/hook",
+            &["App.QueueWebhook"],
+            &format!(
+                "auth:\n  type: oauth2_client_credentials\n  token_url: https://sf.example.com/services/oauth2/token\n  client_id: sf-app\n  client_secret: {LITERAL}\n"
+            ),
+        ),
+        subscription("plain", "https://plain.example.com/hook", &["*"]),
+    ]
+    .concat();
+    dir.config().subscriptions(&subs).write();
+    let path = dir.config_path();
+    let run = |json: bool| {
+        let mut cmd = cdrhook_command();
+        cmd.arg("check-config")
+            .arg(&path)
+            .env("CLIENT_SECRET", CLIENT_SECRET);
+        if json {
+            cmd.arg("--json");
+        }
+        run_command(cmd, CLI_DEADLINE)
+    };
+
+    let out = run(false);
+    out.assert_status(0);
+    for line in [
+        "      auth: oauth2_client_credentials from https://login.example.com/tenant/token, \
+         client_id \"cdrhook-app\", client_secret ***, scope \"https://crm.example.com/.default\", \
+         audience \"crm-api\"\n"
+            .to_string(),
+        format!(
+            "      tls: client_cert {}, client_key {}\n",
+            pki.client_cert.display(),
+            pki.client_key.display()
+        ),
+        "      auth: oauth2_client_credentials from https://sf.example.com/services/oauth2/token, \
+         client_id \"sf-app\", client_secret ***\n"
+            .to_string(),
+    ] {
+        assert!(out.stdout.contains(&line), "{line}\n{}", out.stdout);
+    }
+    // The subscription without either shows neither.
+    let plain = out
+        .stdout
+        .split("  plain -> ")
+        .nth(1)
+        .expect("the plain subscription listed");
+    assert!(
+        !plain.contains("auth:") && !plain.contains("tls:"),
+        "{plain}"
+    );
+
+    let json = run(true);
+    json.assert_status(0);
+    let v = json.json();
+    let subs = &v["subscriptions"];
+    assert_eq!(
+        subs[0]["auth"],
+        serde_json::json!({
+            "type": "oauth2_client_credentials",
+            "token_url": "https://login.example.com/tenant/token",
+            "client_id": "cdrhook-app",
+            "client_secret": "***",
+            "scope": "https://crm.example.com/.default",
+            "audience": "crm-api",
+        }),
+        "{v:#}"
+    );
+    assert_eq!(
+        subs[0]["tls"],
+        serde_json::json!({
+            "client_cert": pki.client_cert.display().to_string(),
+            "client_key": pki.client_key.display().to_string(),
+        }),
+        "{v:#}"
+    );
+    assert_eq!(subs[1]["auth"]["client_secret"], "***", "{v:#}");
+    assert_eq!(subs[1]["auth"]["scope"], Value::Null, "{v:#}");
+    assert_eq!(subs[1]["tls"], Value::Null, "{v:#}");
+    assert_eq!(subs[2]["auth"], Value::Null, "{v:#}");
+
+    // Neither client secret, nor the key itself, anywhere in either output.
+    for (what, text) in [
+        ("text", out.stdout + &out.stderr),
+        ("json", json.stdout + &json.stderr),
+    ] {
+        for secret in [CLIENT_SECRET, LITERAL, "PRIVATE KEY"] {
+            assert!(!text.contains(secret), "{what} shows {secret:?}:\n{text}");
+        }
+    }
 }

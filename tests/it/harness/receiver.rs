@@ -56,6 +56,8 @@ pub enum Behaviour {
     Sequence(Vec<Behaviour>),
     /// Read the request, then close the connection without any answer.
     CloseWithoutResponse,
+    /// Wait this long, then answer as the inner behaviour says.
+    Delayed(Duration, Box<Behaviour>),
 }
 
 impl Behaviour {
@@ -525,6 +527,11 @@ async fn answer(
         state.requests.push(request);
         behaviour
     };
+    let mut behaviour = behaviour;
+    while let Behaviour::Delayed(delay, inner) = behaviour {
+        tokio::time::sleep(delay).await;
+        behaviour = *inner;
+    }
     match behaviour {
         Behaviour::Status(status) => Ok(response(status, &[], default_body(status))),
         Behaviour::StatusWithHeaders(status, headers) => {
@@ -549,6 +556,7 @@ async fn answer(
             "closing without a response, as the test asked",
         )),
         Behaviour::Sequence(_) => unreachable!("sequences are flattened in Route::new"),
+        Behaviour::Delayed(..) => unreachable!("delays are waited out above"),
     }
 }
 
