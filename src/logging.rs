@@ -12,7 +12,7 @@ pub fn init() {
     let mut builder = env_logger::Builder::new();
     match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => {
-            builder.parse_filters(&spec);
+            builder.parse_filters(&cap_wire_dumps(&spec));
         }
         // Quiet the crates we use; our own level follows the config.
         _ => {
@@ -43,6 +43,54 @@ pub fn init() {
         return;
     }
     log::set_max_level(LevelFilter::Info);
+}
+
+/// Crates that dump what goes over the wire at trace level: request
+/// headers (`Authorization`, an OAuth2 token), the token request's form
+/// body (a client secret). Never above debug, whatever `RUST_LOG` says.
+const WIRE_CRATES: [&str; 3] = ["ureq", "ureq_proto", "rustls"];
+
+/// `spec` (a `RUST_LOG` value) with each of [`WIRE_CRATES`] held at debug
+/// where the spec would let it trace. env_logger applies the directive of
+/// the longest matching module name, else the bare level; a name without a
+/// level means trace.
+fn cap_wire_dumps(spec: &str) -> String {
+    // A `/regex` suffix filters messages, not levels.
+    let directives = spec.split('/').next().unwrap_or("");
+    let mut out = spec.to_string();
+    let parsed: Vec<(Option<&str>, &str)> = directives
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| match d.split_once('=') {
+            Some((module, level)) => (Some(module.trim()), level.trim()),
+            None if d.parse::<LevelFilter>().is_ok() => (None, d),
+            None => (Some(d), "trace"),
+        })
+        .collect();
+    for krate in WIRE_CRATES {
+        let mut best: Option<(usize, &str)> = None;
+        for (module, level) in &parsed {
+            let len = match module {
+                None => 0,
+                Some(m) if *m == krate || krate.starts_with(&format!("{m}::")) => m.len(),
+                Some(_) => continue,
+            };
+            if best.is_none_or(|(l, _)| len >= l) {
+                best = Some((len, level));
+            }
+        }
+        let traces = best
+            .and_then(|(_, level)| level.parse::<LevelFilter>().ok())
+            .is_some_and(|level| level > LevelFilter::Debug);
+        if traces {
+            match out.find('/') {
+                Some(at) => out.insert_str(at, &format!(",{krate}=debug")),
+                None => out.push_str(&format!(",{krate}=debug")),
+            }
+        }
+    }
+    out
 }
 
 /// Whether stderr is a stream to the systemd journal: systemd sets
@@ -122,5 +170,50 @@ mod tests {
         for (value, dev, ino, want) in table {
             assert_eq!(names_stream(value, dev, ino), want, "{value:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod wire_tests {
+    use super::cap_wire_dumps;
+
+    #[test]
+    fn the_wire_crates_never_trace() {
+        for (spec, want) in [
+            ("info", "info"),
+            ("debug", "debug"),
+            ("warn,cdrhook=debug", "warn,cdrhook=debug"),
+            ("trace", "trace,ureq=debug,ureq_proto=debug,rustls=debug"),
+            ("warn,ureq=trace", "warn,ureq=trace,ureq=debug"),
+            ("ureq", "ureq,ureq=debug"),
+            (
+                "trace,ureq=info",
+                "trace,ureq=info,ureq_proto=debug,rustls=debug",
+            ),
+            ("cdrhook=trace", "cdrhook=trace"),
+            (
+                "trace/token",
+                "trace,ureq=debug,ureq_proto=debug,rustls=debug/token",
+            ),
+        ] {
+            assert_eq!(cap_wire_dumps(spec), want, "{spec}");
+        }
+    }
+
+    #[test]
+    fn env_logger_takes_the_cap() {
+        // The appended directive wins over the user's for the same module.
+        let mut b = env_logger::Builder::new();
+        b.parse_filters(&cap_wire_dumps("warn,ureq=trace"));
+        let logger = b.build();
+        let at = |level, target| {
+            log::Log::enabled(
+                &logger,
+                &log::Metadata::builder().level(level).target(target).build(),
+            )
+        };
+        assert!(at(log::Level::Debug, "ureq::unversioned"));
+        assert!(!at(log::Level::Trace, "ureq::unversioned"));
+        assert!(!at(log::Level::Info, "cdrhook"));
     }
 }

@@ -127,7 +127,12 @@ pub async fn run(
     let _ = daemon.spool_tx.send(SpoolMsg::Stop);
     let spool_thread = parts.spool_thread;
     let _ = tokio::task::spawn_blocking(move || spool_thread.join()).await;
-    let grace = daemon.handles.config().delivery.timeout + Duration::from_secs(1);
+    let grace = daemon
+        .handles
+        .config()
+        .delivery
+        .timeout
+        .saturating_add(Duration::from_secs(1));
     let all_ended = daemon.handles.dispatcher.shutdown(grace).await;
     let _ = parts.control.await;
     if let Some(http) = parts.http {
