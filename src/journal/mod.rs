@@ -30,6 +30,7 @@ mod queries;
 pub mod records;
 mod repair;
 mod retention;
+mod store;
 #[cfg(test)]
 mod tests;
 mod writes;
@@ -223,17 +224,20 @@ impl<T, C> Default for Page<T, C> {
 /// sled's handles, replaced as a whole when the journal is reopened.
 struct Handles {
     db: sled::Db,
-    /// Every record of format 2, by key kind (`records`).
-    tree: sled::Tree,
+    /// Every record, in the tree of its key kind (`store`), read and
+    /// written as if it were one tree.
+    tree: store::Store,
 }
 
 /// What writers change together, under one lock: the subscription numbers
-/// and the counts, which go into the same batch as the records they count.
+/// and the counts, written at each flush (`counts.rs`).
 #[derive(Default)]
 struct Books {
     by_name: HashMap<String, u32>,
     /// By subscription number.
     counts: Vec<CountsRec>,
+    /// Subscription numbers whose counts changed since the last flush.
+    changed: Vec<u32>,
 }
 
 /// Writes applied one by one, in order (`Journal::apply_in_order`): what
@@ -251,23 +255,6 @@ impl Ops {
     }
     pub(crate) fn remove(&mut self, k: impl AsRef<[u8]>) {
         self.0.push((k.as_ref().to_vec(), None));
-    }
-}
-
-/// Where a record goes: a sled batch (ingest) or ordered writes.
-pub(crate) trait Put {
-    fn put(&mut self, k: &[u8], v: Vec<u8>);
-}
-
-impl Put for sled::Batch {
-    fn put(&mut self, k: &[u8], v: Vec<u8>) {
-        self.insert(k, v);
-    }
-}
-
-impl Put for Ops {
-    fn put(&mut self, k: &[u8], v: Vec<u8>) {
-        self.insert(k, v);
     }
 }
 
@@ -313,7 +300,7 @@ impl Handles {
             .flush_every_ms(None)
             .open()
             .map_err(sled_err("open"))?;
-        let tree = db.open_tree(records::TREE).map_err(sled_err("open tree"))?;
+        let tree = store::Store::open(&db).map_err(sled_err("open trees"))?;
         Ok(Handles { db, tree })
     }
 }
@@ -349,7 +336,7 @@ impl Journal {
     /// after it would not be covered by the mark.
     pub fn close_clean(&self) -> Result<()> {
         let h = self.h()?;
-        h.db.flush().map_err(self.sled_err("flush"))?;
+        self.flush()?;
         h.tree
             .insert([records::K_CLEAN], &[][..])
             .map_err(self.sled_err("mark a clean stop"))?;
@@ -391,7 +378,7 @@ impl Journal {
 
     /// Applies one batch: atomic, so a record and what indexes or counts
     /// it are on disk together or not at all.
-    fn apply(&self, h: &Handles, batch: sled::Batch, context: &'static str) -> Result<()> {
+    fn apply(&self, h: &Handles, batch: store::Batch, context: &'static str) -> Result<()> {
         h.tree.apply_batch(batch).map_err(self.sled_err(context))
     }
 
@@ -412,9 +399,17 @@ impl Journal {
         self.broken.load(Ordering::SeqCst)
     }
 
-    /// The durability point.
+    /// The durability point. Writes the counts changed since the last
+    /// flush first (they are kept in memory between flushes).
     pub fn flush(&self) -> Result<()> {
-        self.h()?.db.flush().map_err(self.sled_err("flush"))?;
+        let h = self.h()?;
+        let changed = lock(&self.books).take_changed();
+        for (k, v) in changed {
+            h.tree
+                .insert(k, v)
+                .map_err(self.sled_err("write counts"))?;
+        }
+        h.db.flush().map_err(self.sled_err("flush"))?;
         Ok(())
     }
 

@@ -117,7 +117,7 @@ impl Journal {
             put_delivery(&mut batch, updated.id, &new);
             recount(&mut books, old.as_ref(), &new);
             note_result(books.counts_mut(sub), attempt);
-            books.write_counts(sub, &mut batch);
+            books.changed(sub);
             self.apply_counted(&h, books, batch, "write attempt")?;
             let was_open = old.as_ref().is_none_or(|o| o.state.is_open());
             (was_open, !new.state.is_open(), new.cdr_seq)
@@ -172,7 +172,7 @@ impl Journal {
             let c = books.counts_mut(new.sub);
             c.last_failure_ms = Some(now);
             c.last_error = Some(error.to_string());
-            books.write_counts(new.sub, &mut batch);
+            books.changed(new.sub);
             self.apply_counted(&h, books, batch, "end delivery")?;
             new.cdr_seq
         };
@@ -222,7 +222,7 @@ impl Journal {
         batch.insert(&records::key(records::K_CDR, cdr.seq)[..], rec.encode());
         put_delivery(&mut batch, id, &d);
         recount(&mut books, None, &d);
-        books.write_counts(number, &mut batch);
+        books.changed(number);
         self.apply_counted(&h, books, batch, "write delivery")?;
         Ok((self.delivery_of(id, d, Some(&rec)), true))
     }
