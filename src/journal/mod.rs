@@ -405,9 +405,7 @@ impl Journal {
         let h = self.h()?;
         let changed = lock(&self.books).take_changed();
         for (k, v) in changed {
-            h.tree
-                .insert(k, v)
-                .map_err(self.sled_err("write counts"))?;
+            h.tree.insert(k, v).map_err(self.sled_err("write counts"))?;
         }
         h.db.flush().map_err(self.sled_err("flush"))?;
         Ok(())

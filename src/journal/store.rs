@@ -209,7 +209,12 @@ mod tests {
             (records::K_CLEAN, records::TREE),
         ];
         for (kind, tree) in cases {
-            assert_eq!(store.of(kind).name(), tree.as_bytes(), "kind {}", kind as char);
+            assert_eq!(
+                store.of(kind).name(),
+                tree.as_bytes(),
+                "kind {}",
+                kind as char
+            );
         }
     }
 
@@ -229,7 +234,9 @@ mod tests {
         assert_eq!(store.of(records::K_CDR).len(), 2);
         assert_eq!(store.of(records::K_DELIVERY).len(), 1);
         assert_eq!(store.of(records::K_COUNTS).len(), 1);
-        let got = store.get(records::key(records::K_DELIVERY, 2)).expect("get");
+        let got = store
+            .get(records::key(records::K_DELIVERY, 2))
+            .expect("get");
         assert_eq!(got.as_deref(), Some(&b"d2"[..]));
         let seqs: Vec<u64> = store
             .range(records::key(records::K_CDR, 0)..=records::key(records::K_CDR, u64::MAX))
@@ -237,7 +244,9 @@ mod tests {
             .collect();
         assert_eq!(seqs, [1, 3]);
         assert_eq!(store.scan_prefix([records::K_CDR]).count(), 2);
-        store.remove(records::key(records::K_CDR, 1)).expect("remove");
+        store
+            .remove(records::key(records::K_CDR, 1))
+            .expect("remove");
         assert!(!store
             .contains_key(records::key(records::K_CDR, 1))
             .expect("contains"));

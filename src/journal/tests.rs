@@ -927,7 +927,9 @@ fn a_format_2_journal_is_moved_into_a_tree_per_kind_at_open() {
     drop(j);
     let db = sled::open(&path).expect("sled");
     assert!(
-        !db.tree_names().iter().any(|n| &n[..] == records::TREE_V2.as_bytes()),
+        !db.tree_names()
+            .iter()
+            .any(|n| &n[..] == records::TREE_V2.as_bytes()),
         "the format-2 tree is dropped"
     );
 }

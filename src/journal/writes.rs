@@ -123,7 +123,7 @@ impl Journal {
             (was_open, !new.state.is_open(), new.cdr_seq)
         };
         if was_open && ended {
-            self.finished_files_of(cdr_seq)
+            self.finished_files_of(cdr_seq, Some(updated.id))
         } else {
             Ok(Vec::new())
         }
@@ -176,7 +176,7 @@ impl Journal {
             self.apply_counted(&h, books, batch, "end delivery")?;
             new.cdr_seq
         };
-        self.finished_files_of(cdr_seq).map(Some)
+        self.finished_files_of(cdr_seq, Some(id)).map(Some)
     }
 
     /// Creates the delivery of a journaled CDR to `sub` unless it exists;
