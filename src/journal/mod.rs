@@ -7,21 +7,24 @@
 //!
 //! Files by stage:
 //! - `records`: the on-disk format (keys, binary records, format version);
+//! - `store`: one sled tree per record kind (format 3), routed by key;
 //! - `ingest`: taking in spool files and test CDRs;
 //! - `writes`: attempts, state changes, replayed and ended deliveries;
 //! - `queries`: reads and page-by-page walks for operator commands;
 //! - `counts`: the per-subscription counts and the start-up state;
 //! - `retention`: pruning old records;
 //! - `repair`: reopening after an I/O error;
-//! - `migrate`: turning a format-1 (JSON) journal into format 2 at open.
+//! - `migrate`: turning a format-1 (JSON) or format-2 (one tree) journal
+//!   into format 3 at open.
 //!
 //! Durability: `ingest` flushes before it returns, and the spool moves a
-//! file only after that; an ingest call is one sled batch (atomic: records,
-//! indexes and the counts land together or not at all). Attempts, replays
-//! and retention write a few keys in a crash-safe order instead (`Ops`:
-//! a sled 0.34 batch costs two log-buffer writes). Attempts and state
-//! changes are not flushed one by one: after a crash an attempt may be
-//! repeated, never lost (at least once).
+//! file only after that; an ingest call is one sled batch per record
+//! kind's tree, applied in a crash-safe order (`store`). Attempts, replays
+//! and retention write a few keys in a crash-safe order too (`Ops`: a
+//! sled 0.34 batch costs two log-buffer writes). The counts are kept in
+//! memory and written at each flush (`counts`). Attempts and state changes
+//! are not flushed one by one: after a crash an attempt may be repeated,
+//! never lost (at least once).
 
 mod counts;
 mod ingest;

@@ -2,11 +2,12 @@
 //! delivery ended without an attempt, a delivery created by replay or the
 //! test webhook. Each writes a few small records in order (`Ops`): the
 //! attempt (`a`, `h`, `x`), then the delivery's fixed-width record (`d`)
-//! and its open-index entry (`o`), then its subscription's counts (`n`).
-//! Nothing that grows is rewritten. A crash between two of these writes
-//! is mended at the next open (`counts.rs`): without the clean-stop mark,
-//! delivered and dead are counted again from the delivery records, and an
-//! `o` entry whose delivery already ended is dropped.
+//! and its open-index entry (`o`); its subscription's counts change in
+//! memory and are written at the next flush (`counts.rs`). Nothing that
+//! grows is rewritten. A crash between two of these writes is mended at
+//! the next open (`counts.rs`): without the clean-stop mark, delivered and
+//! dead are counted again from the delivery records, and an `o` entry
+//! whose delivery already ended is dropped.
 
 use super::records::{self, AttemptDetail, AttemptRec, DeliveryRec, OpenRec};
 use super::{counts, lock, Attempt, Books, CdrMeta, Delivery, Journal, JournalError, Ops, Result};
