@@ -51,11 +51,15 @@ impl Books {
         }
     }
 
-    /// The (key, record) of every count changed since the last call.
-    pub(super) fn take_changed(&mut self) -> Vec<([u8; 5], Vec<u8>)> {
+    /// (subscription, key, record) of every count changed since the last
+    /// call.
+    pub(super) fn take_changed(&mut self) -> Vec<(u32, [u8; 5], Vec<u8>)> {
         std::mem::take(&mut self.changed)
             .into_iter()
-            .map(|sub| (records::counts_key(sub), self.counts_mut(sub).encode()))
+            .map(|sub| {
+                let rec = self.counts_mut(sub).encode();
+                (sub, records::counts_key(sub), rec)
+            })
             .collect()
     }
 }

@@ -406,9 +406,20 @@ impl Journal {
     /// flush first (they are kept in memory between flushes).
     pub fn flush(&self) -> Result<()> {
         let h = self.h()?;
-        let changed = lock(&self.books).take_changed();
-        for (k, v) in changed {
-            h.tree.insert(k, v).map_err(self.sled_err("write counts"))?;
+        {
+            // Written under the lock: two flushes at once (intake's and the
+            // timer's) never put an older copy of a count after a newer one.
+            let mut books = lock(&self.books);
+            let changed = books.take_changed();
+            for (i, (_, k, v)) in changed.iter().enumerate() {
+                if let Err(e) = h.tree.insert(k, v.as_slice()) {
+                    // What was not written is written at the next flush.
+                    for (sub, _, _) in &changed[i..] {
+                        books.changed(*sub);
+                    }
+                    return Err(self.sled_err("write counts")(e));
+                }
+            }
         }
         h.db.flush().map_err(self.sled_err("flush"))?;
         Ok(())

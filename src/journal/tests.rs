@@ -981,3 +981,23 @@ fn after_a_crash_deliveries_of_an_ingest_cut_short_before_its_cdr_record_are_dro
     assert_eq!(keys_of(&j, records::K_OPEN), 1);
     assert_eq!(keys_of(&j, records::K_DELIVERY), 1);
 }
+
+#[test]
+fn counts_kept_in_memory_are_on_disk_after_a_clean_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        let ids = ingest_n(&j, &a, 3);
+        finish(&j, ids[0], State::Delivered);
+        finish(&j, ids[1], State::Dead);
+        // No flush between the attempts and the stop: the stop writes them.
+        j.close_clean().expect("close clean");
+    }
+    let j = reopen(&path);
+    let c = &j.counts()["a"];
+    // A clean open trusts delivered and dead on disk (no recount).
+    assert_eq!((c.pending, c.delivered, c.dead), (1, 1, 1));
+    assert!(c.last_success_ms.is_some() && c.last_failure_ms.is_some());
+}
