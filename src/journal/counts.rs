@@ -120,16 +120,19 @@ impl Journal {
                     continue;
                 }
                 // An ingest cut short between its trees (`store.rs`) can
-                // leave a delivery and its index entry without the CDR's
-                // record: that CDR is not known, its file is still in the
-                // spool and is taken in again. Drop both.
+                // leave a delivery and its index entry whose CDR has no
+                // record, or a record but no content id: that CDR is not
+                // known, its file is still in the spool and is taken in
+                // again (as a new CDR). Drop what it left, so it is not
+                // delivered twice.
                 if let Some(d) = &d {
-                    let cdr = records::key(records::K_CDR, d.cdr_seq);
-                    if !h
-                        .tree
-                        .contains_key(cdr)
-                        .map_err(self.sled_err("read a cdr"))?
-                    {
+                    if !self.cdr_is_known(h, d.cdr_seq)? {
+                        let seq = d.cdr_seq;
+                        for item in h.tree.scan_prefix(records::key(records::K_BODY, seq)) {
+                            let (b, _) = item.map_err(self.sled_err("read body keys"))?;
+                            stale.push(b);
+                        }
+                        stale.push(sled::IVec::from(&records::key(records::K_CDR, seq)[..]));
                         stale.push(sled::IVec::from(&d_key[..]));
                         stale.push(k);
                         continue;
@@ -183,6 +186,24 @@ impl Journal {
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
         *lock(&self.books) = books;
         Ok(open)
+    }
+
+    /// Whether CDR `seq` has its record and its content id points at it:
+    /// both are written last by an ingest (`store.rs`).
+    fn cdr_is_known(&self, h: &Handles, seq: crate::model::CdrSeq) -> Result<bool> {
+        let Some(bytes) = h
+            .tree
+            .get(records::key(records::K_CDR, seq))
+            .map_err(self.sled_err("read a cdr"))?
+        else {
+            return Ok(false);
+        };
+        let rec = records::CdrRec::decode(&bytes)?;
+        let id = records::name_key(records::K_CDR_ID, &records::id_bytes(&rec.id));
+        Ok(h.tree
+            .get(id)
+            .map_err(self.sled_err("read a cdr id"))?
+            .is_some_and(|v| records::be_u64(&v) == seq))
     }
 
     /// The number of subscription `name`, given one (and made durable)

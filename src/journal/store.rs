@@ -21,9 +21,10 @@
 //! recovers a prefix of its one log, so a crash in the middle leaves a
 //! prefix of that order: a content id (what makes a CDR "known") is never
 //! on disk without its record, deliveries and open-index entries; what a
-//! cut-short ingest left before it (open-index entries of a CDR with no
-//! record) is dropped at the next open (`counts.rs`), and the file, still
-//! in the spool, is taken in again.
+//! cut-short ingest left before it (deliveries and open-index entries of a
+//! CDR with no record or no content id, that record and its body) is
+//! dropped at the next open (`counts.rs`), and the file, still in the
+//! spool, is taken in again and delivered once.
 
 use std::ops::{Bound, RangeBounds};
 

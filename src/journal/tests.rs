@@ -935,7 +935,7 @@ fn a_format_2_journal_is_moved_into_a_tree_per_kind_at_open() {
 }
 
 #[test]
-fn after_a_crash_deliveries_of_an_ingest_cut_short_before_its_cdr_record_are_dropped() {
+fn after_a_crash_what_an_ingest_cut_short_before_the_content_id_left_is_dropped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j");
     let a = sub("a");
@@ -971,15 +971,48 @@ fn after_a_crash_deliveries_of_an_ingest_cut_short_before_its_cdr_record_are_dro
         h.tree
             .insert(records::key(records::K_OPEN, 999_998), o.encode())
             .expect("damage");
+        // And one cut short after the CDR's record, before its content id:
+        // the CDR is not known, its file is taken in again as a new CDR.
+        let c = records::CdrRec {
+            id: "cdr_0123456789abcdef0123456789abcdef".into(),
+            event_type: "App.QueueWebhook".into(),
+            call_id: None,
+            received_ms: now_ms(),
+            body_len: 2,
+            deliveries: vec![888_887],
+            files: vec![],
+        };
+        h.tree
+            .insert(records::body_key(888_888, 0), &b"{}"[..])
+            .expect("damage");
+        h.tree
+            .insert(records::key(records::K_DELIVERY, 888_887), {
+                let mut d2 = d.clone();
+                d2.cdr_seq = 888_888;
+                d2.encode()
+            })
+            .expect("damage");
+        h.tree
+            .insert(records::key(records::K_OPEN, 888_887), o.encode())
+            .expect("damage");
+        h.tree
+            .insert(records::key(records::K_CDR, 888_888), c.encode())
+            .expect("damage");
         j.flush().expect("flush");
         ids[0]
     };
     let j = reopen(&path);
     let open: Vec<DeliveryId> = j.take_open_deliveries().iter().map(|o| o.id).collect();
-    assert_eq!(open, [kept], "the orphan is not resumed");
+    assert_eq!(open, [kept], "the orphans are not resumed");
     assert_eq!(j.counts()["a"].pending, 1);
     assert_eq!(keys_of(&j, records::K_OPEN), 1);
     assert_eq!(keys_of(&j, records::K_DELIVERY), 1);
+    assert_eq!(
+        keys_of(&j, records::K_CDR),
+        1,
+        "the unknown CDR's record is dropped"
+    );
+    assert_eq!(keys_of(&j, records::K_BODY), 1, "and its body");
 }
 
 #[test]
