@@ -579,16 +579,21 @@ fn attempt(
     random: u64,
 ) -> Result<Option<Finished>, AttemptError> {
     let journal = &ctx.journal;
-    let Some(mut d) = journal.delivery(id).map_err(journal_failed)? else {
+    // One read of the delivery, its CDR's record and its body.
+    let auto = trigger == Trigger::Auto;
+    let Some((mut d, body)) = journal
+        .delivery_with_body(id, auto)
+        .map_err(journal_failed)?
+    else {
         return Err(AttemptError::gone(format!(
             "delivery d{id} is not in the journal"
         )));
     };
-    if trigger == Trigger::Auto && !d.state.is_open() {
+    if auto && !d.state.is_open() {
         // Ended meanwhile (a resend succeeded): nothing to do.
         return Ok(None);
     }
-    let Some(cdr) = journal.cdr_by_seq(d.cdr_seq).map_err(journal_failed)? else {
+    let Some(body) = body else {
         return Err(AttemptError::gone(format!(
             "CDR {} of d{id} is not in the journal",
             d.cdr_id
@@ -603,11 +608,11 @@ fn attempt(
             webhook_id: &d.cdr_id,
             event_type: &d.event_type,
             attempt: number,
-            body: &cdr.body,
+            body: &body,
         },
     );
     // The body (up to `max_file_size`) is not held while journaling.
-    drop(cdr);
+    drop(body);
     crate::metrics::attempt(&d.subscription, outcome.class(), outcome.duration);
     let ok = outcome.succeeded();
     let attempt_trigger = match (trigger, d.origin) {

@@ -1,17 +1,18 @@
-//! Per-subscription counts and the start-up state. The counts are records
-//! (`n`), written with every change of the deliveries they count (in the
-//! ingest batch; right after the delivery's record for an attempt), so
-//! start-up reads them instead of scanning every delivery; the open
-//! deliveries it resumes, and the pending and retrying counts, come from
-//! the small `o` index.
+//! Per-subscription counts and the start-up state. The counts are kept in
+//! memory (`Books`) and written as records (`n`) at every flush, not with
+//! every change: a drain changes them at every attempt, and a sled insert
+//! per attempt for them cost more than the flush that carries them
+//! (BENCHMARKS.md). Start-up reads them instead of scanning every delivery;
+//! the open deliveries it resumes, and the pending and retrying counts,
+//! come from the small `o` index.
 //!
-//! An attempt's writes are ordered inserts, not one batch (a sled 0.34
-//! batch costs two log-buffer writes), so a crash between them can leave
-//! a delivered or dead count one off. A clean stop therefore leaves a mark
-//! (`k`) that open removes (durably) before anything is written: a journal
-//! opened without it was not stopped cleanly, and its delivered and dead
-//! counts are counted again from the delivery records, a scan of small
-//! records that only a crash costs.
+//! So the delivered and dead counts on disk are only exact after a clean
+//! stop, which flushes them and then leaves a mark (`k`) that open removes
+//! (durably) before anything is written: a journal opened without it was
+//! not stopped cleanly, and its delivered and dead counts are counted again
+//! from the delivery records, a scan of small records that only a crash
+//! costs. The last success, failure and error after a crash are those of
+//! the last flush (a second before it at most).
 
 use super::records::{self, CountsRec, OpenRec};
 use super::{lock, Books, Handles, Journal, OpenDelivery, Result, SubCounts};
@@ -42,10 +43,24 @@ impl Books {
         &mut self.counts[i]
     }
 
-    /// Puts the counts of `sub` as they are now into `out`.
-    pub(super) fn write_counts(&mut self, sub: u32, out: &mut impl super::Put) {
-        let rec = self.counts_mut(sub).encode();
-        out.put(&records::counts_key(sub)[..], rec);
+    /// Notes that the counts of `sub` changed: they are written at the
+    /// next flush (`take_changed`), not with every attempt.
+    pub(super) fn changed(&mut self, sub: u32) {
+        if !self.changed.contains(&sub) {
+            self.changed.push(sub);
+        }
+    }
+
+    /// (subscription, key, record) of every count changed since the last
+    /// call.
+    pub(super) fn take_changed(&mut self) -> Vec<(u32, [u8; 5], Vec<u8>)> {
+        std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|sub| {
+                let rec = self.counts_mut(sub).encode();
+                (sub, records::counts_key(sub), rec)
+            })
+            .collect()
     }
 }
 
@@ -91,17 +106,37 @@ impl Journal {
                 // A crash between an attempt's writes can leave the index
                 // entry of a delivery whose record already says it ended
                 // (the record is written first): the record is the truth.
-                let ended = match h
+                let d_key = records::key(records::K_DELIVERY, records::key_id(&k));
+                let d = match h
                     .tree
-                    .get(&records::key(records::K_DELIVERY, records::key_id(&k))[..])
+                    .get(&d_key[..])
                     .map_err(self.sled_err("read a delivery"))?
                 {
-                    Some(d) => !records::DeliveryRec::decode(&d)?.state.is_open(),
-                    None => false,
+                    Some(d) => Some(records::DeliveryRec::decode(&d)?),
+                    None => None,
                 };
-                if ended {
+                if d.as_ref().is_some_and(|d| !d.state.is_open()) {
                     stale.push(k);
                     continue;
+                }
+                // An ingest cut short between its trees (`store.rs`) can
+                // leave a delivery and its index entry whose CDR has no
+                // record, or a record but no content id: that CDR is not
+                // known, its file is still in the spool and is taken in
+                // again (as a new CDR). Drop what it left, so it is not
+                // delivered twice.
+                if let Some(d) = &d {
+                    if !self.cdr_is_known(h, d.cdr_seq)? {
+                        let seq = d.cdr_seq;
+                        for item in h.tree.scan_prefix(records::key(records::K_BODY, seq)) {
+                            let (b, _) = item.map_err(self.sled_err("read body keys"))?;
+                            stale.push(b);
+                        }
+                        stale.push(sled::IVec::from(&records::key(records::K_CDR, seq)[..]));
+                        stale.push(sled::IVec::from(&d_key[..]));
+                        stale.push(k);
+                        continue;
+                    }
                 }
             }
             adjust(books.counts_mut(o.sub), o.state, true);
@@ -134,7 +169,7 @@ impl Journal {
                     adjust(books.counts_mut(d.sub), d.state, true);
                 }
             }
-            let mut batch = sled::Batch::default();
+            let mut batch = super::store::Batch::default();
             for (i, c) in books.counts.iter().enumerate() {
                 batch.insert(&records::counts_key(i as u32)[..], c.encode());
             }
@@ -151,6 +186,24 @@ impl Journal {
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
         *lock(&self.books) = books;
         Ok(open)
+    }
+
+    /// Whether CDR `seq` has its record and its content id points at it:
+    /// both are written last by an ingest (`store.rs`).
+    fn cdr_is_known(&self, h: &Handles, seq: crate::model::CdrSeq) -> Result<bool> {
+        let Some(bytes) = h
+            .tree
+            .get(records::key(records::K_CDR, seq))
+            .map_err(self.sled_err("read a cdr"))?
+        else {
+            return Ok(false);
+        };
+        let rec = records::CdrRec::decode(&bytes)?;
+        let id = records::name_key(records::K_CDR_ID, &records::id_bytes(&rec.id));
+        Ok(h.tree
+            .get(id)
+            .map_err(self.sled_err("read a cdr id"))?
+            .is_some_and(|v| records::be_u64(&v) == seq))
     }
 
     /// The number of subscription `name`, given one (and made durable)

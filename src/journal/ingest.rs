@@ -28,8 +28,8 @@ struct NewCdr<'a> {
 /// each chunk inserted copies its leaf page (up to 16 chunks), so a batch of
 /// large bodies held about twelve times their size until it ended.
 pub(super) fn put_body(
-    tree: &sled::Tree,
-    batch: &mut sled::Batch,
+    tree: &super::store::Store,
+    batch: &mut super::store::Batch,
     seq: CdrSeq,
     body: &[u8],
 ) -> sled::Result<()> {
@@ -152,7 +152,7 @@ impl Journal {
         {
             // One batch for every record, index and count of the call
             // (large bodies are written first, outside it and the lock).
-            let mut batch = sled::Batch::default();
+            let mut batch = super::store::Batch::default();
             for n in &new {
                 put_body(&h.tree, &mut batch, n.seq, n.body)
                     .map_err(self.sled_err("write body"))?;
@@ -207,7 +207,7 @@ impl Journal {
                 );
             }
             for number in touched {
-                books.write_counts(number, &mut batch);
+                books.changed(number);
             }
             if let Err(e) = self.apply(&h, batch, "write cdrs") {
                 drop(books);
@@ -251,7 +251,7 @@ impl Journal {
             deliveries: Vec::new(),
             files: Vec::new(),
         };
-        let mut batch = sled::Batch::default();
+        let mut batch = super::store::Batch::default();
         batch.insert(&records::key(records::K_CDR, seq)[..], rec.encode());
         batch.insert(
             records::name_key(records::K_CDR_ID, &records::id_bytes(&cdr.id)),

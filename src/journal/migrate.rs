@@ -1,8 +1,10 @@
 //! The journal's format at open. Format 1 (cdrhook before the binary
 //! records: JSON in the trees `cdrs`, `cdr_ids`, `deliveries`, `attempts`
-//! and `sub_last`) is migrated to format 2 once, streaming, batch by batch;
-//! the old trees are dropped only after the new records and the version
-//! key are flushed, so a crash in the middle starts the migration again.
+//! and `sub_last`) is migrated to the current format once, streaming, batch
+//! by batch; format 2 (the binary records in one tree, `journal.v2`) is
+//! moved key by key into the tree of each kind (format 3, `store.rs`). The
+//! old trees are dropped only after the new records and the version key
+//! are flushed, so a crash in the middle starts the migration again.
 //! A journal of a format newer than this code is refused with a message
 //! naming the path and what to do.
 
@@ -14,6 +16,7 @@ use serde::Deserialize;
 use super::records::{
     self, AttemptDetail, AttemptRec, CdrRec, CountsRec, DeliveryRec, FileRef, OpenRec,
 };
+use super::store::{Batch, Store};
 use super::{counts, sled_err, JournalError, Result};
 use crate::model::{State, Trigger};
 
@@ -98,9 +101,10 @@ fn trigger(s: &str) -> Option<Trigger> {
     })
 }
 
-/// Makes sure `tree` holds a format-2 journal: creates the version key of a
-/// new one, migrates a format-1 one, refuses a newer one.
-pub(super) fn ensure_format(path: &Path, db: &sled::Db, tree: &sled::Tree) -> Result<()> {
+/// Makes sure `tree` holds a journal of this format: creates the version
+/// key of a new one, migrates a format-1 or format-2 one, refuses a newer
+/// one.
+pub(super) fn ensure_format(path: &Path, db: &sled::Db, tree: &Store) -> Result<()> {
     let refuse = |reason: String| JournalError::Format {
         path: path.to_path_buf(),
         reason,
@@ -109,9 +113,10 @@ pub(super) fn ensure_format(path: &Path, db: &sled::Db, tree: &sled::Tree) -> Re
         .get([records::K_VERSION])
         .map_err(sled_err("read format version"))?;
     let names = db.tree_names();
+    let exists = |name: &str| names.iter().any(|t| &t[..] == name.as_bytes());
     let old: Vec<sled::Tree> = OLD_TREES
         .iter()
-        .filter(|n| names.iter().any(|t| &t[..] == n.as_bytes()))
+        .filter(|n| exists(n))
         .map(|n| db.open_tree(n).map_err(sled_err("open old tree")))
         .collect::<Result<_>>()?;
     match version.as_deref() {
@@ -126,38 +131,82 @@ pub(super) fn ensure_format(path: &Path, db: &sled::Db, tree: &sled::Tree) -> Re
         }
         Some(_) => return Err(refuse("unknown journal format version record".to_string())),
         None => {
+            // A format-2 journal is complete once its version key is in.
+            let v2 = if exists(records::TREE_V2) {
+                let t = db
+                    .open_tree(records::TREE_V2)
+                    .map_err(sled_err("open format-2 tree"))?;
+                let v = t
+                    .get([records::K_VERSION])
+                    .map_err(sled_err("read format version"))?;
+                v.is_some().then_some(t)
+            } else {
+                None
+            };
             let has_old_data = old.iter().any(|t| !t.is_empty());
-            // A migration interrupted by a crash left part of the new tree.
+            // A migration interrupted by a crash left part of the new trees.
             tree.clear().map_err(sled_err("clear partial migration"))?;
-            if has_old_data {
+            let from = if v2.is_some() { 2 } else { 1 };
+            if v2.is_some() || has_old_data {
                 log::info!(
-                    "journal {}: migrating from format 1 (JSON) to format {}",
+                    "journal {}: migrating from format {from} to format {}",
                     path.display(),
                     records::FORMAT_VERSION
                 );
-                migrate(db, &old, tree).map_err(|e| {
-                    refuse(format!(
-                        "cannot migrate the format-1 journal ({e}); the old records are kept: \
-                         run the previous cdrhook to drain it, or move the journal directory \
-                         aside to start with an empty one"
-                    ))
-                })?;
             }
+            let migrated = match &v2 {
+                Some(t) => migrate_v2(t, tree),
+                None if has_old_data => migrate(db, &old, tree),
+                None => Ok(()),
+            };
+            migrated.map_err(|e| {
+                refuse(format!(
+                    "cannot migrate the format-{from} journal ({e}); the old records are kept: \
+                     run the previous cdrhook to drain it, or move the journal directory \
+                     aside to start with an empty one"
+                ))
+            })?;
             tree.insert([records::K_VERSION], &[records::FORMAT_VERSION])
                 .map_err(sled_err("write format version"))?;
             db.flush().map_err(sled_err("flush"))?;
         }
     }
-    for name in OLD_TREES {
-        if names.iter().any(|t| &t[..] == name.as_bytes()) {
+    for name in OLD_TREES.iter().chain([&records::TREE_V2]) {
+        if exists(name) {
             db.drop_tree(name).map_err(sled_err("drop old tree"))?;
         }
     }
     Ok(())
 }
 
+/// Format 2 to 3: the same keys and records, moved from the one tree of
+/// format 2 into the tree of each key's kind, `BATCH` at a time. The old
+/// tree is dropped only after the version key is flushed.
+fn migrate_v2(v2: &sled::Tree, tree: &Store) -> Result<()> {
+    let mut batch = Batch::default();
+    let mut pending = 0usize;
+    for item in v2.iter() {
+        let (k, v) = item.map_err(sled_err("read format-2 records"))?;
+        if k.first() == Some(&records::K_VERSION) {
+            continue;
+        }
+        batch.insert(k, v);
+        pending += 1;
+        if pending >= BATCH {
+            tree.apply_batch(std::mem::take(&mut batch))
+                .map_err(sled_err("write migrated records"))?;
+            pending = 0;
+        }
+    }
+    if pending > 0 {
+        tree.apply_batch(batch)
+            .map_err(sled_err("write migrated records"))?;
+    }
+    Ok(())
+}
+
 /// Streams the old trees into the new one, `BATCH` records at a time.
-fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &sled::Tree) -> Result<()> {
+fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &Store) -> Result<()> {
     let open_old = |name: &str| db.open_tree(name).map_err(sled_err("open old tree"));
     let _ = old;
     let (cdrs, deliveries, attempts, sub_last) = (
@@ -174,7 +223,7 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &sled::Tree) -> Result<()> {
     };
     let mut subs: HashMap<String, u32> = HashMap::new();
     let mut counts: Vec<CountsRec> = Vec::new();
-    let number = |name: &str, subs: &mut HashMap<String, u32>, batch: &mut sled::Batch| {
+    let number = |name: &str, subs: &mut HashMap<String, u32>, batch: &mut Batch| {
         if let Some(&n) = subs.get(name) {
             return n;
         }
@@ -186,9 +235,9 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &sled::Tree) -> Result<()> {
         );
         n
     };
-    let mut batch = sled::Batch::default();
+    let mut batch = Batch::default();
     let mut pending = 0usize;
-    let flush_batch = |batch: &mut sled::Batch, pending: &mut usize, force: bool| -> Result<()> {
+    let flush_batch = |batch: &mut Batch, pending: &mut usize, force: bool| -> Result<()> {
         if *pending >= BATCH || (force && *pending > 0) {
             tree.apply_batch(std::mem::take(batch))
                 .map_err(sled_err("write migrated records"))?;

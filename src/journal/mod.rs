@@ -7,21 +7,24 @@
 //!
 //! Files by stage:
 //! - `records`: the on-disk format (keys, binary records, format version);
+//! - `store`: one sled tree per record kind (format 3), routed by key;
 //! - `ingest`: taking in spool files and test CDRs;
 //! - `writes`: attempts, state changes, replayed and ended deliveries;
 //! - `queries`: reads and page-by-page walks for operator commands;
 //! - `counts`: the per-subscription counts and the start-up state;
 //! - `retention`: pruning old records;
 //! - `repair`: reopening after an I/O error;
-//! - `migrate`: turning a format-1 (JSON) journal into format 2 at open.
+//! - `migrate`: turning a format-1 (JSON) or format-2 (one tree) journal
+//!   into format 3 at open.
 //!
 //! Durability: `ingest` flushes before it returns, and the spool moves a
-//! file only after that; an ingest call is one sled batch (atomic: records,
-//! indexes and the counts land together or not at all). Attempts, replays
-//! and retention write a few keys in a crash-safe order instead (`Ops`:
-//! a sled 0.34 batch costs two log-buffer writes). Attempts and state
-//! changes are not flushed one by one: after a crash an attempt may be
-//! repeated, never lost (at least once).
+//! file only after that; an ingest call is one sled batch per record
+//! kind's tree, applied in a crash-safe order (`store`). Attempts, replays
+//! and retention write a few keys in a crash-safe order too (`Ops`: a
+//! sled 0.34 batch costs two log-buffer writes). The counts are kept in
+//! memory and written at each flush (`counts`). Attempts and state changes
+//! are not flushed one by one: after a crash an attempt may be repeated,
+//! never lost (at least once).
 
 mod counts;
 mod ingest;
@@ -31,6 +34,7 @@ mod queries;
 pub mod records;
 mod repair;
 mod retention;
+mod store;
 #[cfg(test)]
 mod tests;
 mod writes;
@@ -224,17 +228,20 @@ impl<T, C> Default for Page<T, C> {
 /// sled's handles, replaced as a whole when the journal is reopened.
 struct Handles {
     db: sled::Db,
-    /// Every record of format 2, by key kind (`records`).
-    tree: sled::Tree,
+    /// Every record, in the tree of its key kind (`store`), read and
+    /// written as if it were one tree.
+    tree: store::Store,
 }
 
 /// What writers change together, under one lock: the subscription numbers
-/// and the counts, which go into the same batch as the records they count.
+/// and the counts, written at each flush (`counts.rs`).
 #[derive(Default)]
 struct Books {
     by_name: HashMap<String, u32>,
     /// By subscription number.
     counts: Vec<CountsRec>,
+    /// Subscription numbers whose counts changed since the last flush.
+    changed: Vec<u32>,
 }
 
 /// Writes applied one by one, in order (`Journal::apply_in_order`): what
@@ -252,23 +259,6 @@ impl Ops {
     }
     pub(crate) fn remove(&mut self, k: impl AsRef<[u8]>) {
         self.0.push((k.as_ref().to_vec(), None));
-    }
-}
-
-/// Where a record goes: a sled batch (ingest) or ordered writes.
-pub(crate) trait Put {
-    fn put(&mut self, k: &[u8], v: Vec<u8>);
-}
-
-impl Put for sled::Batch {
-    fn put(&mut self, k: &[u8], v: Vec<u8>) {
-        self.insert(k, v);
-    }
-}
-
-impl Put for Ops {
-    fn put(&mut self, k: &[u8], v: Vec<u8>) {
-        self.insert(k, v);
     }
 }
 
@@ -314,7 +304,7 @@ impl Handles {
             .flush_every_ms(None)
             .open()
             .map_err(sled_err("open"))?;
-        let tree = db.open_tree(records::TREE).map_err(sled_err("open tree"))?;
+        let tree = store::Store::open(&db).map_err(sled_err("open trees"))?;
         Ok(Handles { db, tree })
     }
 }
@@ -350,7 +340,7 @@ impl Journal {
     /// after it would not be covered by the mark.
     pub fn close_clean(&self) -> Result<()> {
         let h = self.h()?;
-        h.db.flush().map_err(self.sled_err("flush"))?;
+        self.flush()?;
         h.tree
             .insert([records::K_CLEAN], &[][..])
             .map_err(self.sled_err("mark a clean stop"))?;
@@ -392,7 +382,7 @@ impl Journal {
 
     /// Applies one batch: atomic, so a record and what indexes or counts
     /// it are on disk together or not at all.
-    fn apply(&self, h: &Handles, batch: sled::Batch, context: &'static str) -> Result<()> {
+    fn apply(&self, h: &Handles, batch: store::Batch, context: &'static str) -> Result<()> {
         h.tree.apply_batch(batch).map_err(self.sled_err(context))
     }
 
@@ -413,9 +403,26 @@ impl Journal {
         self.broken.load(Ordering::SeqCst)
     }
 
-    /// The durability point.
+    /// The durability point. Writes the counts changed since the last
+    /// flush first (they are kept in memory between flushes).
     pub fn flush(&self) -> Result<()> {
-        self.h()?.db.flush().map_err(self.sled_err("flush"))?;
+        let h = self.h()?;
+        {
+            // Written under the lock: two flushes at once (intake's and the
+            // timer's) never put an older copy of a count after a newer one.
+            let mut books = lock(&self.books);
+            let changed = books.take_changed();
+            for (i, (_, k, v)) in changed.iter().enumerate() {
+                if let Err(e) = h.tree.insert(k, v.as_slice()) {
+                    // What was not written is written at the next flush.
+                    for (sub, _, _) in &changed[i..] {
+                        books.changed(*sub);
+                    }
+                    return Err(self.sled_err("write counts")(e));
+                }
+            }
+        }
+        h.db.flush().map_err(self.sled_err("flush"))?;
         Ok(())
     }
 

@@ -96,6 +96,38 @@ impl Journal {
         let Some(rec) = self.cdr_rec(&h, seq)? else {
             return Ok(None);
         };
+        self.with_body(&h, seq, &rec).map(Some)
+    }
+
+    /// What an attempt needs, read once: the delivery (with what it shares
+    /// with its CDR) and, unless `open_only` and it has ended, the CDR's
+    /// body (`None` if the CDR's record is gone). The delivery path reads
+    /// the delivery and CDR records once here instead of once for
+    /// `delivery` and again for `cdr_by_seq`.
+    pub fn delivery_with_body(
+        &self,
+        id: DeliveryId,
+        open_only: bool,
+    ) -> Result<Option<(Delivery, Option<Vec<u8>>)>> {
+        let h = self.h()?;
+        let Some(d) = self.delivery_rec(&h, id)? else {
+            return Ok(None);
+        };
+        let seq = d.cdr_seq;
+        let cdr = self.cdr_rec(&h, seq)?;
+        let delivery = self.delivery_of(id, d, cdr.as_ref());
+        if open_only && !delivery.state.is_open() {
+            return Ok(Some((delivery, None)));
+        }
+        let body = match &cdr {
+            Some(rec) => Some(self.with_body(&h, seq, rec)?.body),
+            None => None,
+        };
+        Ok(Some((delivery, body)))
+    }
+
+    /// A CDR's record with its body read back from its chunks.
+    fn with_body(&self, h: &Handles, seq: CdrSeq, rec: &CdrRec) -> Result<StoredCdr> {
         // A body of one chunk (most CDRs) is one read, not a range scan.
         if rec.body_len <= records::BODY_CHUNK as u64 {
             let body = h
@@ -105,10 +137,10 @@ impl Journal {
                 .map(|b| b.to_vec())
                 .unwrap_or_default();
             if body.len() as u64 == rec.body_len {
-                return Ok(Some(StoredCdr {
-                    meta: meta_of(seq, &rec),
+                return Ok(StoredCdr {
+                    meta: meta_of(seq, rec),
                     body,
-                }));
+                });
             }
         }
         let mut body = Vec::with_capacity(rec.body_len.min(64 << 20) as usize);
@@ -116,10 +148,10 @@ impl Journal {
             let (_, chunk) = item.map_err(self.sled_err("read body"))?;
             body.extend_from_slice(&chunk);
         }
-        Ok(Some(StoredCdr {
-            meta: meta_of(seq, &rec),
+        Ok(StoredCdr {
+            meta: meta_of(seq, rec),
             body,
-        }))
+        })
     }
 
     pub fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>> {
@@ -162,12 +194,18 @@ impl Journal {
         let Some(rec) = self.cdr_rec(h, seq)? else {
             return Ok(true);
         };
-        self.deliveries_ended(h, &rec)
+        self.deliveries_ended(h, &rec, None)
     }
 
-    /// Whether none of the CDR's deliveries is open: the open index says.
-    fn deliveries_ended(&self, h: &Handles, rec: &CdrRec) -> Result<bool> {
-        for &id in &rec.deliveries {
+    /// Whether none of the CDR's deliveries is open: the open index says
+    /// (but for `ended`, which the caller just ended).
+    fn deliveries_ended(
+        &self,
+        h: &Handles,
+        rec: &CdrRec,
+        ended: Option<DeliveryId>,
+    ) -> Result<bool> {
+        for &id in rec.deliveries.iter().filter(|&&id| Some(id) != ended) {
             if h.tree
                 .contains_key(records::key(records::K_OPEN, id))
                 .map_err(self.sled_err("read open index"))?
@@ -179,13 +217,17 @@ impl Journal {
     }
 
     /// The in-flight files of CDR `seq` that are finished: every delivery
-    /// of every CDR in them ended.
-    pub(super) fn finished_files_of(&self, seq: CdrSeq) -> Result<Vec<String>> {
+    /// of every CDR in them ended (`ended` is one the caller just ended).
+    pub(super) fn finished_files_of(
+        &self,
+        seq: CdrSeq,
+        ended: Option<DeliveryId>,
+    ) -> Result<Vec<String>> {
         let h = self.h()?;
         let Some(rec) = self.cdr_rec(&h, seq)? else {
             return Ok(Vec::new());
         };
-        if !self.deliveries_ended(&h, &rec)? {
+        if !self.deliveries_ended(&h, &rec, ended)? {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();

@@ -1,14 +1,16 @@
-//! The journal's on-disk encoding (format version 2): keys and the binary
+//! The journal's on-disk encoding (format version 3): keys and the binary
 //! layout of every record. Pure functions, no sled: what is written here is
 //! what ARCHITECTURE.md and README's "Journal" section describe.
 //!
-//! Everything lives in one sled tree, so that an ingest's records, indexes
-//! and counts go into one atomic batch. A key is a one-byte kind and
-//! big-endian numbers, so sled's order is id order within a kind:
+//! A key is a one-byte kind and big-endian numbers, so sled's order is id
+//! order within a kind. Each kind from `c` to `x` below has a sled tree of
+//! its own (`journal.v3.` + the kind letter, see `store.rs`); `V`, `n`, `s`
+//! and `k` share the meta tree [`TREE`]. Format 2 had the same keys and
+//! records in one tree (`journal.v2`); format 3 only moved them apart.
 //!
 //! | key                       | value                                    |
 //! |---------------------------|------------------------------------------|
-//! | `V`                       | format version (one byte, 2)             |
+//! | `V`                       | format version (one byte, 3)             |
 //! | `c` seq                   | [`CdrRec`]: ids, event, call, files      |
 //! | `i` content id            | seq                                      |
 //! | `b` seq chunk             | body bytes, chunks of at most 2 KiB      |
@@ -27,11 +29,14 @@
 use crate::model::{CdrSeq, DeliveryId, EventType, State, Trigger};
 
 /// The format this code writes. A journal with a higher number was written
-/// by a newer cdrhook and is refused; version 1 (JSON in five trees) is
-/// migrated at open.
-pub const FORMAT_VERSION: u8 = 2;
-/// The one tree of format 2.
-pub const TREE: &str = "journal.v2";
+/// by a newer cdrhook and is refused; versions 1 (JSON in five trees) and 2
+/// (these records in one tree) are migrated at open.
+pub const FORMAT_VERSION: u8 = 3;
+/// The meta tree of format 3: the version, counts, subscription numbers
+/// and the clean-stop mark.
+pub const TREE: &str = "journal.v3";
+/// The one tree of format 2, migrated at open.
+pub const TREE_V2: &str = "journal.v2";
 /// A body is stored in chunks of at most this many bytes, so that no sled
 /// page holds a large value: sled's cache never evicts the last page of each
 /// of its 256 shards, and every insert copies its leaf (up to 16 values), so

@@ -59,7 +59,7 @@ impl Journal {
                 stats.deliveries += 1;
             }
             for sub in touched {
-                books.write_counts(sub, &mut batch);
+                books.changed(sub);
             }
             // The chunks as stored (whatever size this version cuts them).
             for item in h.tree.scan_prefix(records::key(records::K_BODY, seq)) {

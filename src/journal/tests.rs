@@ -648,11 +648,13 @@ fn start_up_reads_the_counts_and_the_open_index_not_every_delivery() {
             dead: 1,
             ..Default::default()
         };
+        // A clean stop: the next open trusts delivered and dead (the
+        // damage goes in after it, over the counts it wrote).
+        j.close_clean().expect("close clean");
         h.tree
             .insert(records::counts_key(0), wrong.encode())
             .expect("damage");
-        // A clean stop: the next open trusts delivered and dead.
-        j.close_clean().expect("close clean");
+        j.flush().expect("flush");
         ids[2]
     };
     let j = reopen(&path);
@@ -675,8 +677,14 @@ fn after_a_crash_delivered_and_dead_are_counted_again_from_the_deliveries() {
             let ids = ingest_n(&j, &a, 3);
             finish(&j, ids[0], State::Delivered);
             finish(&j, ids[1], State::Dead);
-            // What a crash between an attempt's writes can leave: counts
-            // that disagree with the delivery records.
+            if clean {
+                j.close_clean().expect("close clean");
+            } else {
+                j.flush().expect("flush");
+            }
+            // What a crash can leave: counts on disk that disagree with
+            // the delivery records (they are written at each flush, not
+            // with each attempt).
             let wrong = records::CountsRec {
                 pending: 1,
                 delivered: 7,
@@ -688,11 +696,7 @@ fn after_a_crash_delivered_and_dead_are_counted_again_from_the_deliveries() {
                 .tree
                 .insert(records::counts_key(0), wrong.encode())
                 .expect("damage");
-            if clean {
-                j.close_clean().expect("close clean");
-            } else {
-                j.flush().expect("flush");
-            }
+            j.flush().expect("flush");
         }
         let j = reopen(&path);
         let c = &j.counts()["a"];
@@ -868,4 +872,165 @@ fn a_format_1_journal_is_migrated_at_open() {
             .any(|n| &n[..] == b"deliveries" || &n[..] == b"cdrs"),
         "the format-1 trees are dropped"
     );
+}
+
+#[test]
+fn a_format_2_journal_is_moved_into_a_tree_per_kind_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    // A journal as this code writes it, then put back as format 2 had it:
+    // every key in one tree, `journal.v2`, with version 2.
+    let (ids, cdr_id) = {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        let ids = ingest_n(&j, &a, 3);
+        finish(&j, ids[0], State::Delivered);
+        let cdr_id = j.delivery(ids[0]).expect("read").expect("d").cdr_id;
+        j.close_clean().expect("close clean");
+        (ids, cdr_id)
+    };
+    {
+        let db = sled::open(&path).expect("sled");
+        let v2 = db.open_tree(records::TREE_V2).expect("tree");
+        for name in db.tree_names() {
+            if !name.starts_with(b"journal.v3") {
+                continue;
+            }
+            let t = db.open_tree(&name).expect("tree");
+            for item in t.iter() {
+                let (k, v) = item.expect("item");
+                v2.insert(k, v).expect("copy");
+            }
+            db.drop_tree(&name).expect("drop");
+        }
+        v2.insert([records::K_VERSION], &[2u8]).expect("version");
+        db.flush().expect("flush");
+    }
+    let j = reopen(&path);
+    let c = &j.counts()["a"];
+    assert_eq!((c.pending, c.delivered), (2, 1));
+    let open: Vec<DeliveryId> = j.take_open_deliveries().iter().map(|o| o.id).collect();
+    assert_eq!(open, ids[1..]);
+    let d = j.delivery(ids[0]).expect("read").expect("d");
+    assert_eq!(d.state, State::Delivered);
+    assert_eq!(j.attempts_of(&d).expect("attempts").len(), 1);
+    let stored = j.cdr(&cdr_id).expect("read").expect("cdr");
+    assert!(!stored.body.is_empty());
+    assert_eq!(keys_of(&j, records::K_CDR), 3);
+    assert_eq!(keys_of(&j, records::K_BODY), 3);
+    let h = j.h().expect("open");
+    assert_eq!(h.tree.of(records::K_CDR).len(), 3, "CDRs in their own tree");
+    assert_eq!(h.tree.of(records::K_DELIVERY).len(), 3);
+    let version = h.tree.get([records::K_VERSION]).expect("read");
+    assert_eq!(version.as_deref(), Some(&[records::FORMAT_VERSION][..]));
+    drop(h);
+    drop(j);
+    let db = sled::open(&path).expect("sled");
+    assert!(
+        !db.tree_names()
+            .iter()
+            .any(|n| &n[..] == records::TREE_V2.as_bytes()),
+        "the format-2 tree is dropped"
+    );
+}
+
+#[test]
+fn after_a_crash_what_an_ingest_cut_short_before_the_content_id_left_is_dropped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    let kept = {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        let ids = ingest_n(&j, &a, 1);
+        // What an ingest cut short between its trees leaves (bodies,
+        // deliveries and open index are written before the CDR records):
+        // a delivery and its index entry whose CDR has no record.
+        let h = j.h().expect("open");
+        let d = records::DeliveryRec {
+            cdr_seq: 999_999,
+            sub: 0,
+            state: State::Pending,
+            origin: Trigger::Auto,
+            attempts: 0,
+            failures: 0,
+            next_at_ms: None,
+            created_ms: now_ms(),
+            ended_ms: None,
+            last_status: None,
+            last_error: None,
+        };
+        h.tree
+            .insert(records::key(records::K_DELIVERY, 999_998), d.encode())
+            .expect("damage");
+        let o = records::OpenRec {
+            sub: 0,
+            state: State::Pending,
+            origin: Trigger::Auto,
+            next_at_ms: 0,
+        };
+        h.tree
+            .insert(records::key(records::K_OPEN, 999_998), o.encode())
+            .expect("damage");
+        // And one cut short after the CDR's record, before its content id:
+        // the CDR is not known, its file is taken in again as a new CDR.
+        let c = records::CdrRec {
+            id: "cdr_0123456789abcdef0123456789abcdef".into(),
+            event_type: "App.QueueWebhook".into(),
+            call_id: None,
+            received_ms: now_ms(),
+            body_len: 2,
+            deliveries: vec![888_887],
+            files: vec![],
+        };
+        h.tree
+            .insert(records::body_key(888_888, 0), &b"{}"[..])
+            .expect("damage");
+        h.tree
+            .insert(records::key(records::K_DELIVERY, 888_887), {
+                let mut d2 = d.clone();
+                d2.cdr_seq = 888_888;
+                d2.encode()
+            })
+            .expect("damage");
+        h.tree
+            .insert(records::key(records::K_OPEN, 888_887), o.encode())
+            .expect("damage");
+        h.tree
+            .insert(records::key(records::K_CDR, 888_888), c.encode())
+            .expect("damage");
+        j.flush().expect("flush");
+        ids[0]
+    };
+    let j = reopen(&path);
+    let open: Vec<DeliveryId> = j.take_open_deliveries().iter().map(|o| o.id).collect();
+    assert_eq!(open, [kept], "the orphans are not resumed");
+    assert_eq!(j.counts()["a"].pending, 1);
+    assert_eq!(keys_of(&j, records::K_OPEN), 1);
+    assert_eq!(keys_of(&j, records::K_DELIVERY), 1);
+    assert_eq!(
+        keys_of(&j, records::K_CDR),
+        1,
+        "the unknown CDR's record is dropped"
+    );
+    assert_eq!(keys_of(&j, records::K_BODY), 1, "and its body");
+}
+
+#[test]
+fn counts_kept_in_memory_are_on_disk_after_a_clean_stop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        let ids = ingest_n(&j, &a, 3);
+        finish(&j, ids[0], State::Delivered);
+        finish(&j, ids[1], State::Dead);
+        // No flush between the attempts and the stop: the stop writes them.
+        j.close_clean().expect("close clean");
+    }
+    let j = reopen(&path);
+    let c = &j.counts()["a"];
+    // A clean open trusts delivered and dead on disk (no recount).
+    assert_eq!((c.pending, c.delivered, c.dead), (1, 1, 1));
+    assert!(c.last_success_ms.is_some() && c.last_failure_ms.is_some());
 }

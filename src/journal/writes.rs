@@ -2,11 +2,12 @@
 //! delivery ended without an attempt, a delivery created by replay or the
 //! test webhook. Each writes a few small records in order (`Ops`): the
 //! attempt (`a`, `h`, `x`), then the delivery's fixed-width record (`d`)
-//! and its open-index entry (`o`), then its subscription's counts (`n`).
-//! Nothing that grows is rewritten. A crash between two of these writes
-//! is mended at the next open (`counts.rs`): without the clean-stop mark,
-//! delivered and dead are counted again from the delivery records, and an
-//! `o` entry whose delivery already ended is dropped.
+//! and its open-index entry (`o`); its subscription's counts change in
+//! memory and are written at the next flush (`counts.rs`). Nothing that
+//! grows is rewritten. A crash between two of these writes is mended at
+//! the next open (`counts.rs`): without the clean-stop mark, delivered and
+//! dead are counted again from the delivery records, and an `o` entry
+//! whose delivery already ended is dropped.
 
 use super::records::{self, AttemptDetail, AttemptRec, DeliveryRec, OpenRec};
 use super::{counts, lock, Attempt, Books, CdrMeta, Delivery, Journal, JournalError, Ops, Result};
@@ -117,13 +118,13 @@ impl Journal {
             put_delivery(&mut batch, updated.id, &new);
             recount(&mut books, old.as_ref(), &new);
             note_result(books.counts_mut(sub), attempt);
-            books.write_counts(sub, &mut batch);
+            books.changed(sub);
             self.apply_counted(&h, books, batch, "write attempt")?;
             let was_open = old.as_ref().is_none_or(|o| o.state.is_open());
             (was_open, !new.state.is_open(), new.cdr_seq)
         };
         if was_open && ended {
-            self.finished_files_of(cdr_seq)
+            self.finished_files_of(cdr_seq, Some(updated.id))
         } else {
             Ok(Vec::new())
         }
@@ -172,11 +173,11 @@ impl Journal {
             let c = books.counts_mut(new.sub);
             c.last_failure_ms = Some(now);
             c.last_error = Some(error.to_string());
-            books.write_counts(new.sub, &mut batch);
+            books.changed(new.sub);
             self.apply_counted(&h, books, batch, "end delivery")?;
             new.cdr_seq
         };
-        self.finished_files_of(cdr_seq).map(Some)
+        self.finished_files_of(cdr_seq, Some(id)).map(Some)
     }
 
     /// Creates the delivery of a journaled CDR to `sub` unless it exists;
@@ -222,7 +223,7 @@ impl Journal {
         batch.insert(&records::key(records::K_CDR, cdr.seq)[..], rec.encode());
         put_delivery(&mut batch, id, &d);
         recount(&mut books, None, &d);
-        books.write_counts(number, &mut batch);
+        books.changed(number);
         self.apply_counted(&h, books, batch, "write delivery")?;
         Ok((self.delivery_of(id, d, Some(&rec)), true))
     }
