@@ -123,6 +123,9 @@ pub struct Metrics {
     // Set at scrape time from `Gauges`, under `scrape`.
     deliveries: Family<StateLabels, Gauge>,
     oldest_age: Family<SubLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// A counter, but the journal keeps it (across restarts): set from
+    /// `Gauges::unmatched` at each scrape like the gauges.
+    cdrs_unmatched: Family<SubLabel, Counter>,
     spool_files: Family<WhereLabel, Gauge>,
     config_loaded: Gauge<f64, std::sync::atomic::AtomicU64>,
     journal_bytes: Gauge,
@@ -138,6 +141,8 @@ pub struct Gauges {
     /// (subscription, seconds since its oldest open delivery was created;
     /// 0 when it has none).
     pub oldest_age_s: Vec<(String, f64)>,
+    /// (subscription, CDRs its filter excluded): the journal's count.
+    pub unmatched: Vec<(String, u64)>,
     pub spool_waiting: u64,
     pub spool_inflight: u64,
     /// When the config in force was loaded (ms since the epoch).
@@ -162,6 +167,7 @@ impl Metrics {
             reload_failures: Counter::default(),
             deliveries: Family::default(),
             oldest_age: Family::default(),
+            cdrs_unmatched: Family::default(),
             spool_files: Family::default(),
             config_loaded: Gauge::default(),
             journal_bytes: Gauge::default(),
@@ -173,6 +179,11 @@ impl Metrics {
             "cdrhook_cdrs_ingested",
             "CDRs taken into the journal (each distinct CDR once)",
             m.cdrs_ingested.clone(),
+        );
+        r.register(
+            "cdrhook_cdrs_unmatched",
+            "CDRs a subscription's filter excluded (journaled: kept across restarts)",
+            m.cdrs_unmatched.clone(),
         );
         r.register(
             "cdrhook_files_rejected",
@@ -258,6 +269,7 @@ impl Metrics {
         // Label sets of subscriptions gone from the journal and config go.
         self.deliveries.clear();
         self.oldest_age.clear();
+        self.cdrs_unmatched.clear();
         for (sub, state, n) in &g.deliveries {
             self.deliveries
                 .get_or_create(&StateLabels {
@@ -272,6 +284,13 @@ impl Metrics {
                     subscription: sub.clone(),
                 })
                 .set(*age);
+        }
+        for (sub, n) in &g.unmatched {
+            self.cdrs_unmatched
+                .get_or_create(&SubLabel {
+                    subscription: sub.clone(),
+                })
+                .inc_by(*n);
         }
         for (place, n) in [("waiting", g.spool_waiting), ("inflight", g.spool_inflight)] {
             self.spool_files
@@ -334,6 +353,7 @@ mod tests {
                 ("crm".into(), "delivered", 1),
             ],
             oldest_age_s: vec![("crm".into(), 12.5)],
+            unmatched: vec![("crm".into(), 7)],
             spool_waiting: 4,
             spool_inflight: 2,
             config_loaded_ms: 1_700_000_000_500,
@@ -351,6 +371,8 @@ mod tests {
             "cdrhook_deliveries{subscription=\"crm\",state=\"retrying\"} 1",
             "cdrhook_deliveries{subscription=\"crm\",state=\"delivered\"} 1",
             "cdrhook_oldest_undelivered_age_seconds{subscription=\"crm\"} 12.5",
+            "cdrhook_cdrs_unmatched_total{subscription=\"crm\"} 7",
+            "# TYPE cdrhook_cdrs_unmatched counter",
             "cdrhook_spool_files{where=\"waiting\"} 4",
             "cdrhook_spool_files{where=\"inflight\"} 2",
             "cdrhook_journal_bytes 4096",
@@ -365,5 +387,6 @@ mod tests {
         // A subscription gone from the next scrape loses its gauges.
         let text = m.render(&Gauges::default());
         assert!(!text.contains("cdrhook_deliveries{"), "{text}");
+        assert!(!text.contains("cdrhook_cdrs_unmatched_total{"), "{text}");
     }
 }

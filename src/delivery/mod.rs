@@ -108,8 +108,6 @@ pub struct Dispatcher {
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Msg>>>,
     tasks: Mutex<JoinSet<()>>,
     stop: watch::Sender<bool>,
-    /// CDRs each subscription's filter excluded since start (`status`).
-    unmatched: route::Unmatched,
 }
 
 impl Dispatcher {
@@ -120,14 +118,7 @@ impl Dispatcher {
             workers: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             stop: watch::channel(false).0,
-            unmatched: route::Unmatched::default(),
         }
-    }
-
-    /// The per-subscription counts of CDRs a filter excluded (intake adds
-    /// to them, `status` reads them).
-    pub fn unmatched(&self) -> &route::Unmatched {
-        &self.unmatched
     }
 
     pub fn context(&self) -> &Arc<Context> {

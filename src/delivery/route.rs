@@ -5,19 +5,18 @@
 //! A subscription gets a delivery when it is active, lists the CDR's event
 //! type and, if it has a `filter`, the CDR matches it (the rule is
 //! `config::Filter::matches`). A CDR a filter excludes is still journaled;
-//! the subscription's [`Unmatched`] count goes up (since the daemon
-//! started: it is not journaled), and `replay` applies the same rule
-//! ([`passes`]).
+//! intake tells the journal which filters excluded it
+//! (`journal::Routing::unmatched`), which counts it for that subscription
+//! (`unmatched`, persisted with the other counts), and `replay` applies the
+//! same rule ([`passes`]).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 use crate::cdr::Cdr;
 use crate::config::{Filter, Subscription};
-use crate::locks::lock;
 
 /// Where a CDR goes: the subscriptions that get a delivery, and those that
 /// want its event type but whose filter excludes it. Config order, each
@@ -126,27 +125,6 @@ impl<'de> Visitor<'de> for Wanted<'_> {
     }
 }
 
-/// Per subscription, the CDRs its filter excluded since the daemon started
-/// (`status`: `unmatched`). Counted once a CDR is journaled; a CDR taken in
-/// again (known to the journal) is not routed, so not counted again.
-#[derive(Debug, Default)]
-pub struct Unmatched(Mutex<HashMap<String, u64>>);
-
-impl Unmatched {
-    pub fn add(&self, names: &[String]) {
-        if names.is_empty() {
-            return;
-        }
-        let mut counts = lock(&self.0);
-        for n in names {
-            *counts.entry(n.clone()).or_default() += 1;
-        }
-    }
-
-    pub fn get(&self, name: &str) -> u64 {
-        lock(&self.0).get(name).copied().unwrap_or(0)
-    }
-}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,15 +202,6 @@ mod tests {
         ));
         assert!(!passes(&all[0], br#"{"QueueName":"Sales"}"#));
         assert!(passes(&all[4], b"{}"));
-    }
-
-    #[test]
-    fn unmatched_counts_per_subscription() {
-        let u = Unmatched::default();
-        u.add(&["a".into(), "b".into()]);
-        u.add(&["a".into()]);
-        u.add(&[]);
-        assert_eq!((u.get("a"), u.get("b"), u.get("c")), (2, 1, 0));
     }
 
     #[test]

@@ -107,16 +107,16 @@ impl Spool {
             return Ok(());
         }
         // JOURNAL: call site (see the module doc of `intake`).
-        let filtered_out = std::cell::RefCell::new(Vec::new());
         let outcome = self
             .journal
-            .ingest(&files, &|cdr: &crate::cdr::Cdr| {
+            .ingest_routed(&files, &|cdr: &crate::cdr::Cdr| {
                 let routed = crate::delivery::route::route(subs.iter().copied(), cdr);
-                filtered_out.borrow_mut().extend(routed.filtered_out);
-                routed.to
+                crate::journal::Routing {
+                    to: routed.to,
+                    unmatched: routed.filtered_out,
+                }
             })
             .map_err(|e| io::Error::other(e.to_string()))?;
-        self.dispatcher.unmatched().add(&filtered_out.take());
         self.dispatch(outcome);
         Ok(())
     }

@@ -382,18 +382,17 @@ impl Spool {
             return;
         }
         // JOURNAL: call site (see the module doc of `intake`).
-        // Filters that excluded a new CDR, counted once it is journaled.
-        let filtered_out = std::cell::RefCell::new(Vec::new());
+        // The journal counts the filters that excluded a new CDR
+        // (`unmatched`), flushed with it.
         let route = |cdr: &crate::cdr::Cdr| {
             let routed = crate::delivery::route::route(&cfg.subscriptions, cdr);
-            filtered_out.borrow_mut().extend(routed.filtered_out);
-            routed.to
-        };
-        let outcome = match self.journal.ingest(&parsed, &route) {
-            Ok(outcome) => {
-                self.dispatcher.unmatched().add(&filtered_out.take());
-                outcome
+            crate::journal::Routing {
+                to: routed.to,
+                unmatched: routed.filtered_out,
             }
+        };
+        let outcome = match self.journal.ingest_routed(&parsed, &route) {
+            Ok(outcome) => outcome,
             Err(e) => {
                 // Disk full or similar: the files stay in the spool untouched
                 // and are taken in once the journal can be written again.

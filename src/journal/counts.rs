@@ -13,6 +13,14 @@
 //! from the delivery records, a scan of small records that only a crash
 //! costs. The last success, failure and error after a crash are those of
 //! the last flush (a second before it at most).
+//!
+//! The unmatched count (CDRs a subscription's filter excluded, as the
+//! caller's routing told `ingest`) cannot be counted again after a crash:
+//! no record keeps which filters excluded a CDR. It stays the last flushed
+//! value, at most one flush behind: it only changes in `ingest`, which
+//! flushes it with the CDRs it counts before returning, so only a crash
+//! inside an ingest call (after its CDRs, before its counts reached the
+//! disk) leaves that one batch's exclusions uncounted.
 
 use super::records::{self, CountsRec, OpenRec};
 use super::{lock, Books, Handles, Journal, OpenDelivery, Result, SubCounts};
@@ -253,6 +261,7 @@ impl Journal {
                         last_success_ms: c.last_success_ms,
                         last_failure_ms: c.last_failure_ms,
                         last_error: c.last_error.clone(),
+                        unmatched: c.unmatched,
                     },
                 ))
             })

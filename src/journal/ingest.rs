@@ -1,11 +1,13 @@
 //! Taking CDRs in: spool files in batches (one sled batch and one flush per
 //! call) and the test webhook's CDR. The caller says, per CDR, which
-//! subscriptions get a delivery (`route`); the journal only records it.
+//! subscriptions get a delivery and whose filters excluded it
+//! (`Routing`); the journal only records it, and counts the exclusions
+//! (`unmatched`) with the CDRs, under the same books lock and flush.
 
 use std::collections::{HashMap, HashSet};
 
 use super::records::{self, CdrRec, DeliveryRec, FileRef, OpenRec};
-use super::{counts, lock, CdrMeta, IngestFile, IngestOutcome, Journal, Result};
+use super::{counts, lock, CdrMeta, IngestFile, IngestOutcome, Journal, Result, Routing};
 use crate::cdr::Cdr;
 use crate::model::{CdrSeq, State, Trigger};
 use crate::time::now_ms;
@@ -54,6 +56,20 @@ impl Journal {
         files: &[IngestFile],
         route: &dyn Fn(&Cdr) -> Vec<String>,
     ) -> Result<IngestOutcome> {
+        self.ingest_routed(files, &|cdr| Routing {
+            to: route(cdr),
+            unmatched: Vec::new(),
+        })
+    }
+
+    /// As [`Journal::ingest`], and each new CDR's `Routing::unmatched`
+    /// subscriptions count it as unmatched (flushed by this call, with the
+    /// CDR). A CDR journaled before is not routed, so not counted again.
+    pub fn ingest_routed(
+        &self,
+        files: &[IngestFile],
+        route: &dyn Fn(&Cdr) -> Routing,
+    ) -> Result<IngestOutcome> {
         let h = self.h()?;
         let mut out = IngestOutcome::default();
         let now = now_ms();
@@ -65,6 +81,8 @@ impl Journal {
         let mut new_by_id: HashMap<&str, usize> = HashMap::new();
         // Known CDRs (journaled before) that learn of another file.
         let mut known_refs: Vec<(CdrSeq, FileRef)> = Vec::new();
+        // Subscriptions whose filter excluded a new CDR, once per CDR.
+        let mut excluded: Vec<String> = Vec::new();
         for file in files {
             // Sequence numbers first: each CDR records its file's siblings.
             let mut seqs = Vec::with_capacity(file.cdrs.len());
@@ -120,7 +138,14 @@ impl Journal {
                     Some(None) => {
                         out.new_cdrs += 1;
                         let mut deliveries = Vec::new();
-                        for sub in route(cdr) {
+                        let routing = route(cdr);
+                        let excluded_from = excluded.len();
+                        for sub in routing.unmatched {
+                            if !excluded[excluded_from..].contains(&sub) {
+                                excluded.push(sub);
+                            }
+                        }
+                        for sub in routing.to {
                             if deliveries.iter().all(|(s, _)| *s != sub) {
                                 deliveries.push((sub, self.next_id()?));
                             }
@@ -205,6 +230,14 @@ impl Journal {
                     records::name_key(records::K_CDR_ID, &records::id_bytes(&n.rec.id)),
                     &n.seq.to_be_bytes(),
                 );
+            }
+            // Written at the flush below, with these CDRs.
+            for sub in &excluded {
+                let number = self.sub_number(&mut books, &h, sub)?;
+                books.counts_mut(number).unmatched += 1;
+                if !touched.contains(&number) {
+                    touched.push(number);
+                }
             }
             for number in touched {
                 books.changed(number);

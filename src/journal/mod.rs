@@ -167,6 +167,16 @@ pub struct IngestOutcome {
     pub recheck_files: Vec<String>,
 }
 
+/// What the caller's routing says of a new CDR: the subscriptions that get
+/// a delivery, and those that want its event type but whose filter
+/// excluded it (their `unmatched` count goes up, flushed with the CDR).
+/// The journal only stores it: routing is `delivery::route`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
+    pub to: Vec<String>,
+    pub unmatched: Vec<String>,
+}
+
 /// An open delivery as start-up needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpenDelivery {
@@ -188,6 +198,10 @@ pub struct SubCounts {
     pub last_success_ms: Option<u64>,
     pub last_failure_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// CDRs the subscription's filter excluded (`Routing::unmatched`),
+    /// persisted with the other counts. After an unclean stop it is the
+    /// last flushed value, at most one flush behind (`counts.rs`).
+    pub unmatched: u64,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -20,6 +20,7 @@
 //! | `h` attempt               | [`AttemptDetail`]: headers, response     |
 //! | `x` delivery attempt      | nothing: the attempts of a delivery      |
 //! | `n` subscription number   | [`CountsRec`]: per-subscription counts   |
+//! |                           | (`unmatched` last, optional: absent = 0) |
 //! | `s` subscription name     | its number (u32)                         |
 //!
 //! Numbers are fixed width (ids and times u64, counts as varints); strings
@@ -255,6 +256,11 @@ impl<'a> Reader<'a> {
             what: self.what,
             why,
         }
+    }
+    /// Whether every byte was read: a field added at the end of a record
+    /// is absent from one written before it.
+    pub fn at_end(&self) -> bool {
+        self.buf.is_empty()
     }
     fn take(&mut self, n: usize) -> Decoded<&'a [u8]> {
         if self.buf.len() < n {
@@ -749,6 +755,12 @@ pub struct CountsRec {
     pub last_success_ms: Option<u64>,
     pub last_failure_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// CDRs the subscription's filter excluded, as the caller said at
+    /// ingest. Written last, and read as 0 when absent: a counts record
+    /// of a format-3 journal written before the field existed reads
+    /// unchanged (no format bump), and such a cdrhook ignores the extra
+    /// bytes.
+    pub unmatched: u64,
 }
 
 impl CountsRec {
@@ -760,7 +772,8 @@ impl CountsRec {
             .var(self.delivered)
             .opt_u64(self.last_success_ms)
             .opt_u64(self.last_failure_ms)
-            .opt_str(self.last_error.as_deref());
+            .opt_str(self.last_error.as_deref())
+            .var(self.unmatched);
         w.0
     }
 
@@ -774,6 +787,7 @@ impl CountsRec {
             last_success_ms: r.opt_u64()?,
             last_failure_ms: r.opt_u64()?,
             last_error: r.opt_str()?,
+            unmatched: if r.at_end() { 0 } else { r.var()? },
         })
     }
 }
@@ -887,9 +901,15 @@ mod tests {
         let c = CountsRec {
             delivered: 1 << 40,
             last_failure_ms: Some(3),
+            unmatched: 300,
             ..Default::default()
         };
-        assert_eq!(CountsRec::decode(&c.encode()), Ok(c));
+        assert_eq!(CountsRec::decode(&c.encode()), Ok(c.clone()));
+        // A counts record written without `unmatched` (before it existed)
+        // reads it as 0, the rest unchanged.
+        let mut old = c.encode();
+        old.truncate(old.len() - 2);
+        assert_eq!(CountsRec::decode(&old), Ok(CountsRec { unmatched: 0, ..c }));
         let o = OpenRec {
             sub: 7,
             state: State::Pending,

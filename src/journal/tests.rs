@@ -197,6 +197,68 @@ fn unmatched_cdr_is_journaled_and_its_file_finished() {
 }
 
 #[test]
+fn unmatched_counts_survive_a_reopen_and_a_record_without_them_reads_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    // What intake's routing says of every CDR here: `a` gets it, `f`'s
+    // filter excluded it (named twice: counted once per CDR).
+    let route = |_: &Cdr| Routing {
+        to: vec!["a".into()],
+        unmatched: vec!["f".into(), "f".into()],
+    };
+    let (one, two) = (
+        r#"{"QueueId":"q","CallId":"1"}"#,
+        r#"{"QueueId":"q","CallId":"2"}"#,
+    );
+    {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        // The same CDR twice in one batch is one CDR, counted once.
+        let files = [
+            file("1.json", one),
+            file("2.json", two),
+            file("3.json", one),
+        ];
+        j.ingest_routed(&files, &route).expect("ingest");
+        // A CDR journaled before is not routed, so not counted again.
+        j.ingest_routed(&[file("4.json", two)], &route)
+            .expect("again");
+        let c = j.counts();
+        assert_eq!((c["f"].unmatched, c["a"].unmatched), (2, 0));
+        assert_eq!(c["f"].pending, 0, "no delivery for f");
+        j.close_clean().expect("close clean");
+    }
+    {
+        // A clean stop keeps them; then a stop without the mark (a crash
+        // after an ingest) keeps the last flushed value.
+        let j = reopen(&path);
+        assert_eq!(j.counts()["f"].unmatched, 2);
+        j.ingest_routed(&[file("5.json", r#"{"QueueId":"q","CallId":"3"}"#)], &route)
+            .expect("ingest");
+        assert_eq!(j.counts()["f"].unmatched, 3);
+    }
+    let j = reopen(&path);
+    assert_eq!(j.counts()["f"].unmatched, 3, "after an unclean stop");
+    // A counts record written before the field existed (a format-3
+    // journal of an earlier cdrhook) reads it as 0, the rest unchanged.
+    let f = lock(&j.books).by_name["f"];
+    let mut old = records::CountsRec {
+        delivered: 5,
+        ..Default::default()
+    }
+    .encode();
+    assert_eq!(old.pop(), Some(0), "unmatched is the last byte");
+    j.close_clean().expect("close clean");
+    let h = j.h().expect("open");
+    h.tree
+        .insert(records::counts_key(f), old)
+        .expect("write an old record");
+    j.flush().expect("flush");
+    drop((h, j));
+    let c = &reopen(&path).counts()["f"];
+    assert_eq!((c.delivered, c.unmatched), (5, 0));
+}
+
+#[test]
 fn replay_creates_a_delivery_once() {
     let (_d, j) = open_tmp();
     j.ingest(&[file("u.json", r#"{"QueueId":"q"}"#)], &route_to(&[]))

@@ -72,6 +72,7 @@ pub fn gauges(h: &Handles, oldest: &Oldest) -> Gauges {
         };
         let age = created.map_or(0.0, |c| now.saturating_sub(c) as f64 / 1000.0);
         g.oldest_age_s.push((name.clone(), age));
+        g.unmatched.push((name.clone(), c.unmatched));
     }
     drop(remembered);
     // Subscriptions in the config with nothing journaled yet.
@@ -81,6 +82,7 @@ pub fn gauges(h: &Handles, oldest: &Oldest) -> Gauges {
                 g.deliveries.push((s.name.clone(), state, 0));
             }
             g.oldest_age_s.push((s.name.clone(), 0.0));
+            g.unmatched.push((s.name.clone(), 0));
         }
     }
     let (waiting, inflight) = h.spool.backlog(&cfg.spool);

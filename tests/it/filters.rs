@@ -1,6 +1,6 @@
 //! Payload filters per subscription (contract §10, `filter`): routing by a
 //! CDR's top-level properties, the per-subscription unmatched count in
-//! `status`, a reload changing the routing of new CDRs, `replay` applying
+//! `status` (kept across a restart), a reload changing the routing of new CDRs, `replay` applying
 //! the filter, `test` not filtered, `check-config` showing the routing and
 //! the warning for a property no event type has. Real daemon, real
 //! receiver.
@@ -69,7 +69,7 @@ fn two_subscriptions_with_different_filters_get_exactly_the_matching_cdrs() {
         subscription("all", &receiver.url("/all"), &["*"]),
     ]
     .concat();
-    let daemon = start(&dir, &subs);
+    let mut daemon = start(&dir, &subs);
     let files: [(&str, Vec<u8>); 6] = [
         ("c1.json", queue_cdr("c1", "Sales", "Inbound", true)),
         ("c2.json", queue_cdr("c2", "Support", "Inbound", false)),
@@ -127,6 +127,21 @@ fn two_subscriptions_with_different_filters_get_exactly_the_matching_cdrs() {
     // shows only the deliveries made.
     let attempts = daemon.cli_json(&["attempts", "--subscription", "sales"]);
     assert_eq!(attempts.as_array().map(Vec::len), Some(2), "{attempts:#}");
+
+    // The unmatched counts are journaled with the other counts: the same
+    // after a clean restart, and after a kill -9 (the last flush, which
+    // every intake batch makes).
+    let unmatched =
+        |daemon: &Daemon| ["sales", "billing", "all"].map(|s| daemon.counter(s, "unmatched"));
+    daemon.sigterm();
+    let exit = daemon.wait_exit(DEADLINE);
+    assert_eq!(exit.code(), Some(0), "SIGTERM exit: {exit}");
+    let mut daemon = Daemon::start(&dir);
+    assert_eq!(unmatched(&daemon), [4, 4, 0], "after a clean restart");
+    daemon.kill9();
+    let daemon = Daemon::start(&dir);
+    assert_eq!(unmatched(&daemon), [4, 4, 0], "after kill -9");
+    assert_eq!(daemon.counter("all", "delivered"), 6);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The HTTP listener (contract §9): `/metrics` after a known sequence of
-//! deliveries, failures and a rejected file; `/healthz` and `/readyz`,
+//! deliveries, failures and a rejected file, and the unmatched counter
+//! across a restart; `/healthz` and `/readyz`,
 //! which flips when the journal's disk is full; the bearer token on TCP
 //! and the login form's cookie; the refusal to start on TCP without a
 //! token file; the Unix socket's mode, its refusal of other host names (DNS
@@ -401,6 +402,56 @@ fn metrics_after_a_known_sequence() {
         (200, serde_json::json!({"ready": true}))
     );
     drop(daemon);
+}
+
+#[test]
+fn unmatched_metric_is_the_journals_count_and_survives_a_restart() {
+    let dir = TestDir::new();
+    let receiver = Receiver::start();
+    let subs = [
+        subscription_with(
+            "sales",
+            &receiver.url("/sales"),
+            &["App.QueueWebhook"],
+            "filter: {QueueName: Sales}",
+        ),
+        subscription("all", &receiver.url("/all"), &["*"]),
+    ]
+    .concat();
+    let (sock, listen) = unix_listen(&dir);
+    write_config(
+        &dir,
+        &subs,
+        "timeout: 2s\nretry_schedule: [100ms]\n",
+        &listen,
+    );
+    let mut daemon = Daemon::start(&dir);
+    let target = Target::Unix(sock);
+    let key = |sub: &str| format!("cdrhook_cdrs_unmatched_total{{subscription=\"{sub}\"}}");
+    assert_eq!(value(&scrape(&target, &[]), &key("sales")), 0.0);
+
+    // Two queue CDRs without a QueueName: sales' filter excludes both
+    // (counted as they are journaled, before all gets them).
+    for i in 0..2 {
+        dir.drop_file(
+            &format!("q{i}.json"),
+            &typed_cdr("App.QueueWebhook", &format!("q{i}")),
+        );
+    }
+    wait_delivered(&daemon, &[("all", 2)], DEADLINE);
+    let m = scrape(&target, &[]);
+    assert_eq!(
+        (value(&m, &key("sales")), value(&m, &key("all"))),
+        (2.0, 0.0)
+    );
+    assert_eq!(receiver.count("/sales"), 0);
+
+    // The journal keeps the count: the counter does not start again at 0.
+    daemon.sigterm();
+    assert!(daemon.wait_exit(DEADLINE).success(), "{}", daemon.log());
+    let daemon = Daemon::start(&dir);
+    assert_eq!(value(&scrape(&target, &[]), &key("sales")), 2.0);
+    assert_eq!(daemon.counter("sales", "unmatched"), 2);
 }
 
 #[test]

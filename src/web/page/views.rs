@@ -278,7 +278,7 @@ fn events_cell(
     };
     if let Some(f) = sub.and_then(|c| c.filter.as_ref()) {
         out.push_str(&format!(
-            "<br><span class=\"muted\">filter: <code>{}</code><br>{} unmatched since start</span>",
+            "<br><span class=\"muted\">filter: <code>{}</code><br>{} unmatched</span>",
             esc(&f.to_string()),
             s.unmatched
         ));
