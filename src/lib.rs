@@ -33,19 +33,22 @@ use std::path::Path;
 /// drain under 64 MiB (contract §8) for a few percent of throughput
 /// (BENCHMARKS.md).
 ///
-/// The mmap threshold is fixed at glibc's own default (128 KiB): left
-/// dynamic, glibc raises it to the size of the first large block freed, so
-/// after the first 2 MB recording CDR every body, read buffer and request
-/// of that size comes from the heap, whose holes are not given back; a
-/// backlog of 200 such CDRs peaked at 73 MiB instead of 45 MiB
-/// (BENCHMARKS.md, "Large CDRs").
+/// The mmap threshold is fixed at 512 KiB: left dynamic, glibc raises it
+/// to the size of the first large block freed, so after the first 2 MB
+/// recording CDR every body, read buffer and request of that size comes
+/// from the heap, whose holes are not given back; a backlog of 200 such
+/// CDRs peaked at 73 MiB instead of 43 MiB. At glibc's initial 128 KiB,
+/// sled's larger leaves and buffers were each an mmap and a munmap (12 %
+/// more CPU per CDR with three subscriptions); 512 KiB keeps the 43 MiB
+/// and costs nothing measurable; 1 MiB let large CDRs reach 76–81 MiB
+/// (BENCHMARKS.md, "Where main stands" and "Large CDRs").
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before the
     // runtime starts its threads.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 10);
     }
 }
 
