@@ -251,19 +251,7 @@ impl Journal {
             .enumerate()
             .filter_map(|(i, c)| {
                 let name = names.get(i)?.clone();
-                Some((
-                    name,
-                    SubCounts {
-                        pending: c.pending,
-                        retrying: c.retrying,
-                        dead: c.dead,
-                        delivered: c.delivered,
-                        last_success_ms: c.last_success_ms,
-                        last_failure_ms: c.last_failure_ms,
-                        last_error: c.last_error.clone(),
-                        unmatched: c.unmatched,
-                    },
-                ))
+                Some((name, c.clone()))
             })
             .collect()
     }

@@ -188,21 +188,12 @@ pub struct OpenDelivery {
     pub origin: Trigger,
 }
 
-/// Per-subscription counts for `status`.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SubCounts {
-    pub pending: u64,
-    pub retrying: u64,
-    pub dead: u64,
-    pub delivered: u64,
-    pub last_success_ms: Option<u64>,
-    pub last_failure_ms: Option<u64>,
-    pub last_error: Option<String>,
-    /// CDRs the subscription's filter excluded (`Routing::unmatched`),
-    /// persisted with the other counts. After an unclean stop it is the
-    /// last flushed value, at most one flush behind (`counts.rs`).
-    pub unmatched: u64,
-}
+/// Per-subscription counts for `status`: the counts record as the journal
+/// keeps it (`records::CountsRec`). `unmatched` holds the CDRs the
+/// subscription's filter excluded (`Routing::unmatched`); after an unclean
+/// stop it is the last flushed value, at most one flush behind
+/// (`counts.rs`).
+pub type SubCounts = records::CountsRec;
 
 #[derive(Debug, Clone, Default)]
 pub struct AttemptFilter {
