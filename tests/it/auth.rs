@@ -27,6 +27,28 @@ fn auth_block(token_url: &str, extra: &str) -> String {
 
 const CLIENT_SECRET: &str = "cs-Yt62 &=+/secret";
 
+/// Writes a config with one subscription `crm` posting to `endpoint` with
+/// the `auth` block for `token_url` (plus `extra` auth keys) and the
+/// `delivery` settings (none when empty), and starts the daemon with the
+/// client secret in its environment.
+fn start_crm(
+    dir: &TestDir,
+    endpoint: &str,
+    token_url: &str,
+    extra: &str,
+    delivery: &str,
+) -> Daemon {
+    let sub = subscription_with("crm", endpoint, &["*"], &auth_block(token_url, extra));
+    let config = dir.config().subscriptions(&sub);
+    let config = if delivery.is_empty() {
+        config
+    } else {
+        config.delivery(delivery)
+    };
+    config.write();
+    Daemon::start_with_env(dir, &[("CLIENT_SECRET", CLIENT_SECRET)])
+}
+
 fn form(req: &Request) -> HashMap<String, String> {
     let body = req.body_text();
     body.split('&')
@@ -81,17 +103,13 @@ fn a_token_is_fetched_with_the_form_cached_and_renewed_before_it_expires() {
     );
     let crm = Receiver::start();
     let dir = TestDir::new();
-    let sub = subscription_with(
-        "crm",
+    let daemon = start_crm(
+        &dir,
         &crm.url("/crm"),
-        &["*"],
-        &auth_block(
-            &tokens.url("/token"),
-            "  scope: \"https://crm.example.com/.default\"\n  audience: crm-api\n",
-        ),
+        &tokens.url("/token"),
+        "  scope: \"https://crm.example.com/.default\"\n  audience: crm-api\n",
+        "",
     );
-    dir.config().subscriptions(&sub).write();
-    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
     // Nothing is fetched before there is something to send.
     assert_eq!(tokens.count("/token"), 0);
 
@@ -168,17 +186,13 @@ fn while_a_valid_token_is_being_renewed_other_requests_go_with_it() {
     );
     let crm = Receiver::start();
     let dir = TestDir::new();
-    let sub = subscription_with(
-        "crm",
+    let daemon = start_crm(
+        &dir,
         &crm.url("/crm"),
-        &["*"],
-        &auth_block(&tokens.url("/token"), ""),
+        &tokens.url("/token"),
+        "",
+        "timeout: 4s\nconcurrency: 2\nretry_schedule: [500ms, 500ms, 500ms, 500ms]",
     );
-    dir.config()
-        .subscriptions(&sub)
-        .delivery("timeout: 4s\nconcurrency: 2\nretry_schedule: [500ms, 500ms, 500ms, 500ms]")
-        .write();
-    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
     dir.drop_file("a.json", &make_cdr(1));
     crm.wait_for_requests("/crm", 1, DEADLINE);
     // Past the renewal time (3 s after issue), 2.5 s before expiry; the
@@ -222,17 +236,13 @@ fn a_401_drops_the_token_and_the_request_is_sent_once_more_with_a_new_one() {
         ]),
     );
     let dir = TestDir::new();
-    let sub = subscription_with(
-        "crm",
+    let daemon = start_crm(
+        &dir,
         &crm.url("/crm"),
-        &["*"],
-        &auth_block(&tokens.url("/token"), ""),
+        &tokens.url("/token"),
+        "",
+        "timeout: 2s\nretry_schedule: [1h]",
     );
-    dir.config()
-        .subscriptions(&sub)
-        .delivery("timeout: 2s\nretry_schedule: [1h]")
-        .write();
-    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
 
     dir.drop_file("a.json", &make_cdr(1));
     wait_delivered(&daemon, &[("crm", 1)], DEADLINE);
@@ -283,17 +293,13 @@ fn a_401_to_a_new_token_too_holds_the_other_deliveries_behind_the_retry() {
         ]),
     );
     let dir = TestDir::new();
-    let sub = subscription_with(
-        "crm",
+    let daemon = start_crm(
+        &dir,
         &crm.url("/crm"),
-        &["*"],
-        &auth_block(&tokens.url("/token"), ""),
+        &tokens.url("/token"),
+        "",
+        "timeout: 2s\nconcurrency: 1\nretry_schedule: [2s, 60s]",
     );
-    dir.config()
-        .subscriptions(&sub)
-        .delivery("timeout: 2s\nconcurrency: 1\nretry_schedule: [2s, 60s]")
-        .write();
-    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
 
     dir.drop_file("a.json", &make_cdr(1));
     let failed = wait_for_value(DEADLINE, "a's first attempt", || {
@@ -347,17 +353,13 @@ fn the_whole_attempt_with_its_token_requests_keeps_within_the_timeout() {
         ]),
     );
     let dir = TestDir::new();
-    let sub = subscription_with(
-        "crm",
+    let daemon = start_crm(
+        &dir,
         &crm.url("/crm"),
-        &["*"],
-        &auth_block(&tokens.url("/token"), ""),
+        &tokens.url("/token"),
+        "",
+        "timeout: 2s\nretry_schedule: [1h]",
     );
-    dir.config()
-        .subscriptions(&sub)
-        .delivery("timeout: 2s\nretry_schedule: [1h]")
-        .write();
-    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
     dir.drop_file("a.json", &make_cdr(1));
     let first = wait_for_value(DEADLINE, "the first attempt", || {
         attempts_of(&daemon, "crm").into_iter().last()
@@ -381,12 +383,7 @@ fn a_token_endpoint_down_is_a_failed_attempt_naming_its_url_then_delivered_once_
     let port = tokens.port();
     let crm = Receiver::start();
     let dir = TestDir::new();
-    let sub = subscription_with("crm", &crm.url("/crm"), &["*"], &auth_block(&token_url, ""));
-    dir.config()
-        .subscriptions(&sub)
-        .delivery("timeout: 2s\nretry_schedule: [300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms]")
-        .write();
-    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
+    let daemon = start_crm(&dir, &crm.url("/crm"), &token_url, "", "timeout: 2s\nretry_schedule: [300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms, 300ms]");
 
     dir.drop_file("a.json", &make_cdr(1));
     // A 503 from the token endpoint: the attempt failed, naming the URL
@@ -629,18 +626,14 @@ fn a_token_answer_that_is_too_large_or_no_token_is_a_failed_attempt() {
     );
     let crm = Receiver::start();
     let dir = TestDir::new();
-    let sub = subscription_with(
-        "crm",
-        &crm.url("/crm"),
-        &["*"],
-        &auth_block(&tokens.url("/token"), ""),
-    );
     let schedule = vec!["300ms"; 40].join(", ");
-    dir.config()
-        .subscriptions(&sub)
-        .delivery(&format!("timeout: 2s\nretry_schedule: [{schedule}]"))
-        .write();
-    let daemon = Daemon::start_with_env(&dir, &[("CLIENT_SECRET", CLIENT_SECRET)]);
+    let daemon = start_crm(
+        &dir,
+        &crm.url("/crm"),
+        &tokens.url("/token"),
+        "",
+        &format!("timeout: 2s\nretry_schedule: [{schedule}]"),
+    );
     dir.drop_file("a.json", &make_cdr(1));
     wait_delivered(&daemon, &[("crm", 1)], DEADLINE);
     let errors: Vec<String> = attempts_of(&daemon, "crm")

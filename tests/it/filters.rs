@@ -41,6 +41,21 @@ fn wait_unmatched(daemon: &Daemon, sub: &str, n: u64) {
     });
 }
 
+/// Two subscriptions: `sales` (queue CDRs, with the `sales_keys` filter
+/// block) and `all` (every CDR, no filter).
+fn sales_and_all(receiver: &Receiver, sales_keys: &str) -> String {
+    [
+        subscription_with(
+            "sales",
+            &receiver.url("/sales"),
+            &["App.QueueWebhook"],
+            sales_keys,
+        ),
+        subscription("all", &receiver.url("/all"), &["*"]),
+    ]
+    .concat()
+}
+
 fn start(dir: &TestDir, subscriptions: &str) -> Daemon {
     dir.config()
         .subscriptions(subscriptions)
@@ -242,16 +257,10 @@ fn replay_to_a_filtered_subscription_sends_only_matching_cdrs() {
 fn check_config_shows_the_routing_and_an_unknown_property_is_a_logged_warning() {
     let receiver = Receiver::start();
     let dir = TestDir::new();
-    let subs = [
-        subscription_with(
-            "sales",
-            &receiver.url("/sales"),
-            &["App.QueueWebhook"],
-            "filter:\n  QueueName: [Sales, Support]\n  Duration: 30\n",
-        ),
-        subscription("all", &receiver.url("/all"), &["*"]),
-    ]
-    .concat();
+    let subs = sales_and_all(
+        &receiver,
+        "filter:\n  QueueName: [Sales, Support]\n  Duration: 30\n",
+    );
     dir.config().subscriptions(&subs).delivery(FAST).write();
     let path = dir.config_path();
     let path = path.to_str().expect("UTF-8");
@@ -309,16 +318,7 @@ fn check_config_shows_the_routing_and_an_unknown_property_is_a_logged_warning() 
 
     // A bad filter is refused on reload with its line and column, and the
     // filter in force stays.
-    let bad = [
-        subscription_with(
-            "sales",
-            &receiver.url("/sales"),
-            &["App.QueueWebhook"],
-            "filter: {QueueName: []}",
-        ),
-        subscription("all", &receiver.url("/all"), &["*"]),
-    ]
-    .concat();
+    let bad = sales_and_all(&receiver, "filter: {QueueName: []}");
     dir.config().subscriptions(&bad).delivery(FAST).write();
     let out = daemon.cli(&["reload"]);
     out.assert_status(1);
