@@ -47,6 +47,24 @@ fn open_after_close(path: &Path) -> Result<Journal> {
     }
 }
 
+/// The raw database at `path`, opened the same way as `open_after_close`:
+/// a lock still held by a just-dropped database's I/O threads is waited
+/// for until a deadline.
+fn sled_after_close(path: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.expect("sled"),
+        }
+    }
+}
+
 fn reopen(path: &Path) -> Journal {
     open_after_close(path).expect("reopen")
 }
@@ -833,7 +851,7 @@ fn a_journal_of_a_newer_format_is_refused_naming_its_path() {
     let path = dir.path().join("j");
     drop(Journal::open(&path, 8 << 20).expect("open"));
     {
-        let db = sled::open(&path).expect("sled");
+        let db = sled_after_close(&path);
         let tree = db.open_tree(records::TREE).expect("tree");
         tree.insert([records::K_VERSION], &[records::FORMAT_VERSION + 1])
             .expect("write");
@@ -851,7 +869,7 @@ fn a_format_1_journal_is_migrated_at_open() {
     let path = dir.path().join("j");
     let id1 = "cdr_0123456789abcdef0123456789abcdef";
     {
-        let db = sled::open(&path).expect("sled");
+        let db = sled_after_close(&path);
         let t = |n: &str| db.open_tree(n).expect("tree");
         let (cdrs, cdr_ids, deliveries, attempts, sub_last) = (
             t("cdrs"),
@@ -926,7 +944,7 @@ fn a_format_1_journal_is_migrated_at_open() {
         let stored = j.cdr(id1).expect("read").expect("cdr");
         assert_eq!(stored.body, br#"{"QueueId":"1"}"#);
     }
-    let db = sled::open(&path).expect("sled");
+    let db = sled_after_close(&path);
     let names: Vec<_> = db.tree_names();
     assert!(
         !names
@@ -952,7 +970,7 @@ fn a_format_2_journal_is_moved_into_a_tree_per_kind_at_open() {
         (ids, cdr_id)
     };
     {
-        let db = sled::open(&path).expect("sled");
+        let db = sled_after_close(&path);
         let v2 = db.open_tree(records::TREE_V2).expect("tree");
         for name in db.tree_names() {
             if !name.starts_with(b"journal.v3") {
@@ -987,7 +1005,7 @@ fn a_format_2_journal_is_moved_into_a_tree_per_kind_at_open() {
     assert_eq!(version.as_deref(), Some(&[records::FORMAT_VERSION][..]));
     drop(h);
     drop(j);
-    let db = sled::open(&path).expect("sled");
+    let db = sled_after_close(&path);
     assert!(
         !db.tree_names()
             .iter()
