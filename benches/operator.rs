@@ -153,7 +153,9 @@ fn build_journal(path: &Path, sub: &Subscription, n: usize) {
         }
         done += batch;
     }
-    journal.flush().expect("flush");
+    // Closed as a daemon that stopped cleanly leaves it: the counts are
+    // read at the next open, not rebuilt by a walk of every delivery.
+    journal.close_clean().expect("close the journal");
 }
 
 fn proc_status(pid: u32, key: &str) -> u64 {
@@ -372,7 +374,7 @@ fn main() {
     println!("| phase ({n} CDRs journaled) | time | peak RSS |");
     println!("|---|---|---|");
     println!(
-        "| daemon started (journal opened, counts rebuilt) | — | {:.1} MiB |",
+        "| daemon started (journal opened after a clean stop) | — | {:.1} MiB |",
         started_kib as f64 / 1024.0
     );
     for p in &phases {

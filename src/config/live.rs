@@ -34,10 +34,27 @@ use crate::config::{self, Config, ConfigError, DeliveryConfig};
 use crate::locks::{lock, read, write};
 use crate::time::now_ms;
 
-/// Builds the one HTTP agent for a version's `delivery` settings; the
-/// daemon passes `delivery::http::build_agent`. Passed in, so the config
-/// stage does not depend on the delivery stage after it.
-pub type AgentBuilder = fn(&DeliveryConfig) -> Result<ureq::Agent, AgentError>;
+/// Builds the one HTTP agent for a version's `delivery` settings, keeping
+/// up to the given number of idle connections per host (see
+/// [`idle_per_host`]); the daemon passes `delivery::http::build_agent`.
+/// Passed in, so the config stage does not depend on the delivery stage
+/// after it.
+pub type AgentBuilder = fn(&DeliveryConfig, usize) -> Result<ureq::Agent, AgentError>;
+
+/// Idle connections the agent keeps per host: as many as can be in flight
+/// to one host, `delivery.concurrency` for each subscription (they may all
+/// post to one host). Fewer, and every attempt beyond them closes its
+/// connection when it ends and the next one opens a new connection (and,
+/// for https, does a new TLS handshake): ureq keeps 3 by default, fewer
+/// than the default concurrency of 4 (BENCHMARKS.md, "Connection reuse").
+/// The pool only keeps connections that were in use; idle ones close after
+/// ureq's 15 s.
+pub fn idle_per_host(cfg: &Config) -> usize {
+    cfg.delivery
+        .concurrency
+        .max(1)
+        .saturating_mul(cfg.subscriptions.len().max(1))
+}
 
 /// Why the HTTP agent of a version could not be built: its `ca_file`.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +211,7 @@ impl LiveConfig {
             let agent = if force
                 || new.delivery.timeout != old.config.delivery.timeout
                 || new.delivery.ca_file != old.config.delivery.ca_file
+                || idle_per_host(&new) != idle_per_host(&old.config)
             {
                 build_agent(self.build, &self.path, &new)?
             } else {
@@ -263,7 +281,7 @@ impl LiveConfig {
 }
 
 fn build_agent(build: AgentBuilder, path: &Path, cfg: &Config) -> Result<ureq::Agent, ConfigError> {
-    build(&cfg.delivery).map_err(|e| ConfigError::Unpositioned {
+    build(&cfg.delivery, idle_per_host(cfg)).map_err(|e| ConfigError::Unpositioned {
         path: path.to_path_buf(),
         message: e.to_string(),
     })

@@ -28,8 +28,9 @@ pub const KEPT_BODY: usize = 4096;
 const READ_LIMIT: u64 = 64 * 1024;
 
 /// Builds the daemon's agent: global timeout, no redirects, statuses as
-/// values, the system's roots plus `ca_file`.
-pub fn build_agent(cfg: &DeliveryConfig) -> Result<ureq::Agent, AgentError> {
+/// values, the system's roots plus `ca_file`, and up to `idle_per_host`
+/// kept-alive connections per host (`config::live::idle_per_host`).
+pub fn build_agent(cfg: &DeliveryConfig, idle_per_host: usize) -> Result<ureq::Agent, AgentError> {
     let mut roots: Vec<Certificate<'static>> = rustls_native_certs::load_native_certs()
         .certs
         .iter()
@@ -71,6 +72,8 @@ pub fn build_agent(cfg: &DeliveryConfig) -> Result<ureq::Agent, AgentError> {
         .max_redirects(0)
         .user_agent(USER_AGENT)
         .tls_config(tls)
+        .max_idle_connections_per_host(idle_per_host.max(1))
+        .max_idle_connections(idle_per_host.max(10))
         .build();
     Ok(ureq::Agent::with_parts(
         config,

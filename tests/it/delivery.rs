@@ -518,3 +518,48 @@ fn a_test_webhook_cut_short_by_a_crash_is_ended_as_failed_not_retried() {
         daemon.log_tail(20)
     );
 }
+
+#[test]
+fn kept_alive_connections_are_reused_up_to_the_concurrency_of_every_subscription() {
+    // Two subscriptions on one host, four requests in flight each: eight
+    // connections at most, each kept for the next request. (ureq's own
+    // default keeps three per host, so with eight in flight most attempts
+    // closed their connection and the next one opened a new one: a new
+    // TLS handshake per attempt on an https endpoint.)
+    let receiver = Receiver::start();
+    receiver.set_default(Behaviour::Delayed(
+        Duration::from_millis(20),
+        Box::new(Behaviour::Status(204)),
+    ));
+    let dir = TestDir::new();
+    dir.write_config(
+        &[
+            subscription("crm", &receiver.url("/crm"), &["*"]),
+            subscription("warehouse", &receiver.url("/wh"), &["*"]),
+        ]
+        .concat(),
+        Some("concurrency: 4"),
+    );
+    let daemon = Daemon::start(&dir);
+    const CDRS: usize = 120;
+    for i in 0..CDRS {
+        dir.drop_file(&format!("c{i}.json"), &make_cdr(i));
+    }
+    wait_counts(
+        &daemon,
+        &[
+            ("crm", [0, 0, 0, CDRS as u64]),
+            ("warehouse", [0, 0, 0, CDRS as u64]),
+        ],
+        DEADLINE,
+    );
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2 * CDRS);
+    let connections: BTreeSet<u64> = requests.iter().map(|r| r.connection).collect();
+    assert!(
+        connections.len() <= 8,
+        "{} connections for {} requests, at most 2 × 4 in flight",
+        connections.len(),
+        requests.len()
+    );
+}
