@@ -214,7 +214,8 @@ fn http_rows(n: usize, rows: &mut Vec<Row>) {
     let cfg = cdrhook::config::parse(&yaml, Path::new("/tmp/stages.yaml"), &|_| None)
         .expect("bench config");
     let sub = &cfg.subscriptions[0];
-    let agent = build_agent(&cfg.delivery).expect("agent");
+    let agent =
+        build_agent(&cfg.delivery, cdrhook::config::live::idle_per_host(&cfg)).expect("agent");
     let body = samples()
         .into_iter()
         .find(|(n, _)| n == "queue-answered.json")
