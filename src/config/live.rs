@@ -355,6 +355,27 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_keeps_an_idle_connection_for_every_request_that_can_be_in_flight() {
+        let parse = |yaml: &str| {
+            config::parse(yaml, Path::new("/tmp/c.yaml"), &|_| None).expect("test config")
+        };
+        let one = parse(&sub("a"));
+        assert_eq!(
+            idle_per_host(&one),
+            4,
+            "the default concurrency, one subscription"
+        );
+        let three = parse(&format!(
+            "delivery:\n  concurrency: 16\n{}{}{}",
+            sub("a"),
+            sub("b").replace("subscriptions:\n", ""),
+            sub("c").replace("subscriptions:\n", ""),
+        ));
+        assert_eq!(three.subscriptions.len(), 3);
+        assert_eq!(idle_per_host(&three), 48);
+    }
+
+    #[test]
     fn reloads_publish_whole_versions_in_order_and_a_refusal_changes_only_the_status() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("config.yaml");
