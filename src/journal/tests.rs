@@ -30,16 +30,18 @@ fn file(name: &str, body: &str) -> IngestFile {
     }
 }
 
-/// Opens a journal whose database was just closed: sled's I/O threads can
-/// hold a dropped database's file lock for a moment, so a lock error is
-/// tried again until a deadline; any other outcome is returned.
-fn open_after_close(path: &Path) -> Result<Journal> {
+/// Opens what was just closed: sled's I/O threads can hold a dropped
+/// database's file lock for a moment, so while `locked` says an error is
+/// that, `open` is tried again until a deadline; any other outcome is
+/// returned.
+fn after_close<T, E>(
+    open: impl Fn() -> std::result::Result<T, E>,
+    locked: impl Fn(&E) -> bool,
+) -> std::result::Result<T, E> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match Journal::open(path, 8 << 20) {
-            Err(JournalError::Sled {
-                context: "open", ..
-            }) if std::time::Instant::now() < deadline => {
+        match open() {
+            Err(e) if locked(&e) && std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             other => return other,
@@ -47,22 +49,29 @@ fn open_after_close(path: &Path) -> Result<Journal> {
     }
 }
 
-/// The raw database at `path`, opened the same way as `open_after_close`:
-/// a lock still held by a just-dropped database's I/O threads is waited
-/// for until a deadline.
+/// The journal at `path`, just closed.
+fn open_after_close(path: &Path) -> Result<Journal> {
+    after_close(
+        || Journal::open(path, 8 << 20),
+        |e| {
+            matches!(
+                e,
+                JournalError::Sled {
+                    context: "open",
+                    ..
+                }
+            )
+        },
+    )
+}
+
+/// The raw database at `path`, just closed.
 fn sled_after_close(path: &Path) -> sled::Db {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match sled::open(path) {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other.expect("sled"),
-        }
-    }
+    after_close(
+        || sled::open(path),
+        |e| matches!(e, sled::Error::Io(e) if e.to_string().contains("could not acquire lock")),
+    )
+    .expect("sled")
 }
 
 fn reopen(path: &Path) -> Journal {
