@@ -41,21 +41,6 @@ fn wait_unmatched(daemon: &Daemon, sub: &str, n: u64) {
     });
 }
 
-/// Two subscriptions: `sales` (queue CDRs, with the `sales_keys` filter
-/// block) and `all` (every CDR, no filter).
-fn sales_and_all(receiver: &Receiver, sales_keys: &str) -> String {
-    [
-        subscription_with(
-            "sales",
-            &receiver.url("/sales"),
-            &["App.QueueWebhook"],
-            sales_keys,
-        ),
-        subscription("all", &receiver.url("/all"), &["*"]),
-    ]
-    .concat()
-}
-
 fn start(dir: &TestDir, subscriptions: &str) -> Daemon {
     dir.config()
         .subscriptions(subscriptions)

@@ -410,16 +410,7 @@ fn metrics_after_a_known_sequence() {
 fn unmatched_metric_is_the_journals_count_and_survives_a_restart() {
     let dir = TestDir::new();
     let receiver = Receiver::start();
-    let subs = [
-        subscription_with(
-            "sales",
-            &receiver.url("/sales"),
-            &["App.QueueWebhook"],
-            "filter: {QueueName: Sales}",
-        ),
-        subscription("all", &receiver.url("/all"), &["*"]),
-    ]
-    .concat();
+    let subs = sales_and_all(&receiver, "filter: {QueueName: Sales}");
     let (sock, listen) = unix_listen(&dir);
     write_config(
         &dir,

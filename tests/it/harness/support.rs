@@ -181,3 +181,18 @@ pub fn typed_cdr(event: &str, id: &str) -> Vec<u8> {
     };
     format!(r#"{{"EventType":"{event}","CallId":"{id}",{extra}}}"#).into_bytes()
 }
+
+/// Two subscriptions: `sales` (queue CDRs, with the `sales_keys` filter
+/// block) and `all` (every CDR, no filter).
+pub fn sales_and_all(receiver: &Receiver, sales_keys: &str) -> String {
+    [
+        subscription_with(
+            "sales",
+            &receiver.url("/sales"),
+            &["App.QueueWebhook"],
+            sales_keys,
+        ),
+        subscription("all", &receiver.url("/all"), &["*"]),
+    ]
+    .concat()
+}
