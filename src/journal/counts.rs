@@ -4,7 +4,8 @@
 //! per attempt for them cost more than the flush that carries them
 //! (BENCHMARKS.md). Start-up reads them instead of scanning every delivery;
 //! the open deliveries it resumes, and the pending and retrying counts,
-//! come from the small `o` index.
+//! come from the small `o` index and the few deliveries above its mark
+//! (`open_index.rs`).
 //!
 //! So the delivered and dead counts on disk are only exact after a clean
 //! stop, which flushes them and then leaves a mark (`k`) that open removes
@@ -23,7 +24,7 @@
 //! disk) leaves that one batch's exclusions uncounted.
 
 use super::records::{self, CountsRec, OpenRec};
-use super::{lock, Books, Handles, Journal, OpenDelivery, Result, SubCounts};
+use super::{lock, open_index, Books, Handles, Journal, OpenDelivery, Result, SubCounts};
 use crate::model::State;
 
 /// Moves one delivery in or out of a state's count.
@@ -107,6 +108,19 @@ impl Journal {
             .is_some();
         let mut open = Vec::new();
         let mut stale = Vec::new();
+        let resume = |books: &mut Books, open: &mut Vec<OpenDelivery>, id, o: &OpenRec| {
+            adjust(books.counts_mut(o.sub), o.state, true);
+            open.push(OpenDelivery {
+                id,
+                subscription: names
+                    .get(o.sub as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("#{}", o.sub)),
+                retry_at_ms: (o.state == State::Retrying).then_some(o.next_at_ms),
+                origin: o.origin,
+            });
+        };
+        let mark = open_index::read_mark(h).map_err(self.sled_err("read the open index mark"))?;
         for item in h.tree.scan_prefix([records::K_OPEN]) {
             let (k, v) = item.map_err(self.sled_err("read open deliveries"))?;
             let o = OpenRec::decode(&v)?;
@@ -135,29 +149,42 @@ impl Journal {
                 // delivered twice.
                 if let Some(d) = &d {
                     if !self.cdr_is_known(h, d.cdr_seq)? {
-                        let seq = d.cdr_seq;
-                        for item in h.tree.scan_prefix(records::key(records::K_BODY, seq)) {
-                            let (b, _) = item.map_err(self.sled_err("read body keys"))?;
-                            stale.push(b);
-                        }
-                        stale.push(sled::IVec::from(&records::key(records::K_CDR, seq)[..]));
-                        stale.push(sled::IVec::from(&d_key[..]));
+                        self.left_by_a_cut_ingest(h, d.cdr_seq, &d_key, &mut stale)?;
                         stale.push(k);
                         continue;
                     }
                 }
             }
-            adjust(books.counts_mut(o.sub), o.state, true);
-            open.push(OpenDelivery {
-                id: records::key_id(&k),
-                subscription: names
-                    .get(o.sub as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("#{}", o.sub)),
-                retry_at_ms: (o.state == State::Retrying).then_some(o.next_at_ms),
-                origin: o.origin,
-            });
+            resume(&mut books, &mut open, records::key_id(&k), &o);
         }
+        // Above the mark, the delivery records (`open_index.rs`): after a
+        // clean stop none, after a crash what the last half minute or so
+        // created. A journal without a mark has every open delivery
+        // indexed; it gets one now, before anything is written above it.
+        let now = crate::time::now_ms();
+        let head = self.head(h)?;
+        if let Some(mark) = mark {
+            let from = records::key(records::K_DELIVERY, mark);
+            let to = records::key(records::K_DELIVERY, u64::MAX);
+            for item in h.tree.range(from..=to) {
+                let (k, v) = item.map_err(self.sled_err("read new deliveries"))?;
+                let d = records::DeliveryRec::decode(&v)?;
+                if !d.state.is_open() {
+                    continue;
+                }
+                if !clean && !self.cdr_is_known(h, d.cdr_seq)? {
+                    self.left_by_a_cut_ingest(h, d.cdr_seq, &k, &mut stale)?;
+                    continue;
+                }
+                let id = records::key_id(&k);
+                books.open.note_new(id, d.sub, now);
+                resume(&mut books, &mut open, id, &open_index::open_rec(&d));
+            }
+        }
+        books.open.mark = mark.unwrap_or(head);
+        h.tree
+            .insert([records::K_INDEXED], &books.open.mark.to_be_bytes())
+            .map_err(self.sled_err("write the open index mark"))?;
         if !clean {
             for k in stale {
                 h.tree
@@ -194,6 +221,25 @@ impl Journal {
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
         *lock(&self.books) = books;
         Ok(open)
+    }
+
+    /// Puts into `stale` what an ingest cut short between its trees left of
+    /// CDR `seq` (`store.rs`): its body, its record and the delivery
+    /// record `d_key`.
+    fn left_by_a_cut_ingest(
+        &self,
+        h: &Handles,
+        seq: crate::model::CdrSeq,
+        d_key: &[u8],
+        stale: &mut Vec<sled::IVec>,
+    ) -> Result<()> {
+        for item in h.tree.scan_prefix(records::key(records::K_BODY, seq)) {
+            let (b, _) = item.map_err(self.sled_err("read body keys"))?;
+            stale.push(b);
+        }
+        stale.push(sled::IVec::from(&records::key(records::K_CDR, seq)[..]));
+        stale.push(sled::IVec::from(d_key));
+        Ok(())
     }
 
     /// Whether CDR `seq` has its record and its content id points at it:

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::records::{self, CdrRec, DeliveryRec, FileRef, OpenRec};
+use super::records::{self, CdrRec, DeliveryRec, FileRef};
 use super::{counts, lock, CdrMeta, IngestFile, IngestOutcome, Journal, Result, Routing};
 use crate::cdr::Cdr;
 use crate::model::{CdrSeq, State, Trigger};
@@ -21,24 +21,16 @@ struct NewCdr<'a> {
     deliveries: Vec<(String, u64)>,
 }
 
-/// Stores a body: a small one (one chunk) into `batch`, with its CDR; the
-/// chunks of a large one are inserted one by one at once, before the batch
-/// that holds its CDR record. sled recovers a prefix of its log, so a CDR
+/// Stores a body larger than one chunk (a small one is in its CDR's
+/// record, `records::inline_body`): its chunks are inserted one by one at
+/// once, before the batch that holds its CDR record. sled recovers a prefix of its log, so a CDR
 /// record that survives a crash has its chunks; chunks whose record did not
 /// make it are left behind (a crash in that window costs their space, never
 /// a CDR). Why not in the batch: sled pins memory for a whole batch, and
 /// each chunk inserted copies its leaf page (up to 16 chunks), so a batch of
 /// large bodies held about twelve times their size until it ended.
-pub(super) fn put_body(
-    tree: &super::store::Store,
-    batch: &mut super::store::Batch,
-    seq: CdrSeq,
-    body: &[u8],
-) -> sled::Result<()> {
-    if body.len() <= records::BODY_CHUNK {
-        if !body.is_empty() {
-            batch.insert(&records::body_key(seq, 0)[..], body);
-        }
+pub(super) fn put_body(tree: &super::store::Store, seq: CdrSeq, body: &[u8]) -> sled::Result<()> {
+    if records::inline_body(body) {
         return Ok(());
     }
     for (i, chunk) in records::chunks(body) {
@@ -165,6 +157,7 @@ impl Journal {
                                 body_len: cdr.body.len() as u64,
                                 deliveries: deliveries.iter().map(|(_, d)| *d).collect(),
                                 files: vec![file_ref.clone()],
+                                body: records::inline_body(&cdr.body).then(|| cdr.body.to_vec()),
                             },
                             seq,
                             body: &cdr.body,
@@ -179,8 +172,7 @@ impl Journal {
             // (large bodies are written first, outside it and the lock).
             let mut batch = super::store::Batch::default();
             for n in &new {
-                put_body(&h.tree, &mut batch, n.seq, n.body)
-                    .map_err(self.sled_err("write body"))?;
+                put_body(&h.tree, n.seq, n.body).map_err(self.sled_err("write body"))?;
             }
             let mut books = lock(&self.books);
             let mut touched = Vec::new();
@@ -212,13 +204,12 @@ impl Journal {
                         last_error: None,
                     };
                     batch.insert(&records::key(records::K_DELIVERY, *id)[..], d.encode());
-                    let o = OpenRec {
-                        sub: number,
-                        state: State::Pending,
-                        origin: Trigger::Auto,
-                        next_at_ms: 0,
-                    };
-                    batch.insert(&records::key(records::K_OPEN, *id)[..], o.encode());
+                    // Most deliveries end long before their index entry
+                    // would be due (`open_index.rs`).
+                    if !books.open.note_new(*id, number, now) {
+                        let o = super::open_index::open_rec(&d);
+                        batch.insert(&records::key(records::K_OPEN, *id)[..], o.encode());
+                    }
                     counts::adjust(books.counts_mut(number), State::Pending, true);
                     if !touched.contains(&number) {
                         touched.push(number);
@@ -283,6 +274,7 @@ impl Journal {
             body_len: cdr.body.len() as u64,
             deliveries: Vec::new(),
             files: Vec::new(),
+            body: records::inline_body(&cdr.body).then(|| cdr.body.to_vec()),
         };
         let mut batch = super::store::Batch::default();
         batch.insert(&records::key(records::K_CDR, seq)[..], rec.encode());
@@ -290,7 +282,7 @@ impl Journal {
             records::name_key(records::K_CDR_ID, &records::id_bytes(&cdr.id)),
             &seq.to_be_bytes(),
         );
-        put_body(&h.tree, &mut batch, seq, &cdr.body).map_err(self.sled_err("write body"))?;
+        put_body(&h.tree, seq, &cdr.body).map_err(self.sled_err("write body"))?;
         self.apply(&h, batch, "write cdr")?;
         Ok(super::queries::meta_of(seq, &rec))
     }

@@ -121,6 +121,18 @@ pub(super) fn ensure_format(path: &Path, db: &sled::Db, tree: &Store) -> Result<
         .collect::<Result<_>>()?;
     match version.as_deref() {
         Some([v]) if *v == records::FORMAT_VERSION => {}
+        // Format 3 is format 4 with every open delivery indexed, which is
+        // what a journal without an index mark means (`open_index.rs`).
+        Some([3]) => {
+            log::info!(
+                "journal {}: format 3 is now format {}",
+                path.display(),
+                records::FORMAT_VERSION
+            );
+            tree.insert([records::K_VERSION], &[records::FORMAT_VERSION])
+                .map_err(sled_err("write format version"))?;
+            db.flush().map_err(sled_err("flush"))?;
+        }
         Some([v]) if *v > records::FORMAT_VERSION => {
             return Err(refuse(format!(
                 "written by a newer cdrhook (journal format {v}; this cdrhook reads format {}): \
@@ -267,14 +279,14 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &Store) -> Result<()> {
                     cdrs: f.cdrs,
                 })
                 .collect(),
+            body: records::inline_body(body).then(|| body.to_vec()),
         };
         batch.insert(&records::key(records::K_CDR, seq)[..], rec.encode());
         batch.insert(
             records::name_key(records::K_CDR_ID, &records::id_bytes(&rec.id)),
             &seq.to_be_bytes(),
         );
-        super::ingest::put_body(tree, &mut batch, seq, body)
-            .map_err(sled_err("write migrated body"))?;
+        super::ingest::put_body(tree, seq, body).map_err(sled_err("write migrated body"))?;
         pending += 1 + body.len() / 2048;
         flush_batch(&mut batch, &mut pending, false)?;
     }

@@ -12,6 +12,8 @@
 //! - `writes`: attempts, state changes, replayed and ended deliveries;
 //! - `queries`: reads and page-by-page walks for operator commands;
 //! - `counts`: the per-subscription counts and the start-up state;
+//! - `open_index`: the index of open deliveries, written only for those
+//!   still open half a minute on;
 //! - `retention`: pruning old records;
 //! - `repair`: reopening after an I/O error;
 //! - `migrate`: turning a format-1 (JSON) or format-2 (one tree) journal
@@ -30,6 +32,7 @@ mod counts;
 mod ingest;
 mod migrate;
 mod oldest;
+mod open_index;
 mod queries;
 pub mod records;
 mod repair;
@@ -239,7 +242,8 @@ struct Handles {
 }
 
 /// What writers change together, under one lock: the subscription numbers
-/// and the counts, written at each flush (`counts.rs`).
+/// and the counts, written at each flush (`counts.rs`), and the open
+/// deliveries not indexed yet (`open_index.rs`).
 #[derive(Default)]
 struct Books {
     by_name: HashMap<String, u32>,
@@ -247,6 +251,7 @@ struct Books {
     counts: Vec<CountsRec>,
     /// Subscription numbers whose counts changed since the last flush.
     changed: Vec<u32>,
+    open: open_index::OpenNotes,
 }
 
 /// Writes applied one by one, in order (`Journal::apply_in_order`): what
@@ -345,7 +350,9 @@ impl Journal {
     /// after it would not be covered by the mark.
     pub fn close_clean(&self) -> Result<()> {
         let h = self.h()?;
-        self.flush()?;
+        // Every open delivery indexed: the next start reads no delivery
+        // record (`open_index.rs`).
+        self.flush_index(true)?;
         h.tree
             .insert([records::K_CLEAN], &[][..])
             .map_err(self.sled_err("mark a clean stop"))?;
@@ -409,13 +416,20 @@ impl Journal {
     }
 
     /// The durability point. Writes the counts changed since the last
-    /// flush first (they are kept in memory between flushes).
+    /// flush first (they are kept in memory between flushes), and the
+    /// open-index entries that are due.
     pub fn flush(&self) -> Result<()> {
+        self.flush_index(false)
+    }
+
+    /// `flush`, indexing every open delivery when `all`.
+    fn flush_index(&self, all: bool) -> Result<()> {
         let h = self.h()?;
         {
             // Written under the lock: two flushes at once (intake's and the
             // timer's) never put an older copy of a count after a newer one.
             let mut books = lock(&self.books);
+            self.write_index(&h, &mut books, all)?;
             let changed = books.take_changed();
             for (i, (_, k, v)) in changed.iter().enumerate() {
                 if let Err(e) = h.tree.insert(k, v.as_slice()) {

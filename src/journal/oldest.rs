@@ -2,8 +2,9 @@
 //! (`cdrhook_oldest_undelivered_age_seconds`, contract §9), and the probe
 //! that tells whether the journal's directory can be written (`/readyz`).
 //!
-//! The open index (`o`) is in delivery-id order, which is creation order,
-//! but holds every subscription's open deliveries mixed. So the caller
+//! The open index (`o`, with the notes above its mark: `open_index.rs`) is
+//! in delivery-id order, which is creation order, but holds every
+//! subscription's open deliveries mixed. So the caller
 //! remembers the answer and asks again from it: while that delivery stays
 //! open the answer costs one index lookup and one delivery record; once it
 //! ended, the walk covers only the open deliveries created since. Only the
@@ -28,13 +29,20 @@ impl Journal {
         subscription: &str,
         from: DeliveryId,
     ) -> Result<Option<(DeliveryId, u64)>> {
-        let Some(sub) = lock(&self.books).by_name.get(subscription).copied() else {
-            return Ok(None);
+        // Below the mark the index says, at or above it the notes
+        // (`open_index.rs`); read both sides of one mark: an index entry
+        // below it stays until its delivery ends.
+        let (sub, mark, noted) = {
+            let books = lock(&self.books);
+            let Some(sub) = books.by_name.get(subscription).copied() else {
+                return Ok(None);
+            };
+            (sub, books.open.mark, books.open.first_of(sub, from))
         };
         let h = self.h()?;
         let start = records::key(records::K_OPEN, from);
-        let end = records::key(records::K_OPEN, u64::MAX);
-        for item in h.tree.range(start..=end) {
+        let end = records::key(records::K_OPEN, mark.max(from));
+        for item in h.tree.range(start..end) {
             let (k, v) = item.map_err(self.sled_err("read the open index"))?;
             if OpenRec::decode(&v)?.sub != sub {
                 continue;
@@ -44,7 +52,10 @@ impl Journal {
                 return Ok(Some((id, d.created_ms)));
             }
         }
-        Ok(None)
+        let Some(id) = noted else {
+            return Ok(None);
+        };
+        Ok(self.delivery_rec(&h, id)?.map(|d| (id, d.created_ms)))
     }
 
     /// Whether the journal can take a write now: sled has reported no I/O

@@ -126,9 +126,17 @@ impl Journal {
         Ok(Some((delivery, body)))
     }
 
-    /// A CDR's record with its body read back from its chunks.
+    /// A CDR's record with its body, kept in it (format 4) or read back
+    /// from its chunks.
     fn with_body(&self, h: &Handles, seq: CdrSeq, rec: &CdrRec) -> Result<StoredCdr> {
-        // A body of one chunk (most CDRs) is one read, not a range scan.
+        if let Some(body) = &rec.body {
+            return Ok(StoredCdr {
+                meta: meta_of(seq, rec),
+                body: body.clone(),
+            });
+        }
+        // A body of one chunk written before format 4 is one read, not a
+        // range scan.
         if rec.body_len <= records::BODY_CHUNK as u64 {
             let body = h
                 .tree
@@ -206,10 +214,7 @@ impl Journal {
         ended: Option<DeliveryId>,
     ) -> Result<bool> {
         for &id in rec.deliveries.iter().filter(|&&id| Some(id) != ended) {
-            if h.tree
-                .contains_key(records::key(records::K_OPEN, id))
-                .map_err(self.sled_err("read open index"))?
-            {
+            if self.is_open(h, id)? {
                 return Ok(false);
             }
         }

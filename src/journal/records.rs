@@ -1,27 +1,33 @@
-//! The journal's on-disk encoding (format version 3): keys and the binary
+//! The journal's on-disk encoding (format version 4): keys and the binary
 //! layout of every record. Pure functions, no sled: what is written here is
 //! what ARCHITECTURE.md and README's "Journal" section describe.
 //!
 //! A key is a one-byte kind and big-endian numbers, so sled's order is id
 //! order within a kind. Each kind from `c` to `x` below has a sled tree of
-//! its own (`journal.v3.` + the kind letter, see `store.rs`); `V`, `n`, `s`
-//! and `k` share the meta tree [`TREE`]. Format 2 had the same keys and
-//! records in one tree (`journal.v2`); format 3 only moved them apart.
+//! its own (`journal.v3.` + the kind letter, see `store.rs`); `V`, `n`, `s`,
+//! `k` and `w` share the meta tree [`TREE`]. Format 2 had the same keys and
+//! records in one tree (`journal.v2`); format 3 only moved them apart;
+//! format 4 indexes an open delivery (`o`) only once it has been open for
+//! a while, below the mark `w` (`open_index.rs`), and keeps a body of one
+//! chunk in its CDR's record (one record fewer to write and read per CDR).
 //!
 //! | key                       | value                                    |
 //! |---------------------------|------------------------------------------|
-//! | `V`                       | format version (one byte, 3)             |
-//! | `c` seq                   | [`CdrRec`]: ids, event, call, files      |
+//! | `V`                       | format version (one byte, 4)             |
+//! | `c` seq                   | [`CdrRec`]: ids, event, call, files, and |
+//! |                           | the body if it is one chunk at most      |
 //! | `i` content id            | seq                                      |
-//! | `b` seq chunk             | body bytes, chunks of at most 2 KiB      |
+//! | `b` seq chunk             | a larger body, in chunks of 2 KiB at most|
 //! | `d` delivery              | [`DeliveryRec`]: state, fixed width      |
-//! | `o` delivery              | [`OpenRec`]: the open-delivery index     |
+//! | `o` delivery              | [`OpenRec`]: the open-delivery index,    |
+//! |                           | below the mark `w` only                  |
 //! | `a` attempt               | [`AttemptRec`]: what listings show       |
 //! | `h` attempt               | [`AttemptDetail`]: headers, response     |
 //! | `x` delivery attempt      | nothing: the attempts of a delivery      |
 //! | `n` subscription number   | [`CountsRec`]: per-subscription counts   |
 //! |                           | (`unmatched` last, optional: absent = 0) |
 //! | `s` subscription name     | its number (u32)                         |
+//! | `w`                       | the open index's mark (u64)              |
 //!
 //! Numbers are fixed width (ids and times u64, counts as varints); strings
 //! are a varint length and the bytes; an optional string is length + 1, 0
@@ -31,10 +37,13 @@ use crate::model::{CdrSeq, DeliveryId, EventType, State, Trigger};
 
 /// The format this code writes. A journal with a higher number was written
 /// by a newer cdrhook and is refused; versions 1 (JSON in five trees) and 2
-/// (these records in one tree) are migrated at open.
-pub const FORMAT_VERSION: u8 = 3;
-/// The meta tree of format 3: the version, counts, subscription numbers
-/// and the clean-stop mark.
+/// (these records in one tree) are migrated at open, and version 3 (every
+/// open delivery indexed) is version 4 without a mark. An older cdrhook
+/// refuses a version-4 journal: it would take the open deliveries above
+/// the mark for ended ones.
+pub const FORMAT_VERSION: u8 = 4;
+/// The meta tree of formats 3 and 4: the version, counts, subscription
+/// numbers, the clean-stop mark and the open index's mark.
 pub const TREE: &str = "journal.v3";
 /// The one tree of format 2, migrated at open.
 pub const TREE_V2: &str = "journal.v2";
@@ -60,6 +69,10 @@ pub const K_SUB: u8 = b's';
 /// One key, present only while no cdrhook has the journal open after a
 /// clean stop: the persisted counts are exact (see `counts.rs`).
 pub const K_CLEAN: u8 = b'k';
+/// The open index's mark: open deliveries below this id have their `o`
+/// entry, those at or above it have none (`open_index.rs`). Absent in a
+/// journal written before it: every open delivery has its entry.
+pub const K_INDEXED: u8 = b'w';
 
 /// A record that does not decode: the journal is damaged or not ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -424,6 +437,14 @@ pub struct CdrRec {
     /// One per subscription, ever: a few bytes each.
     pub deliveries: Vec<DeliveryId>,
     pub files: Vec<FileRef>,
+    /// The body, when it fits in one chunk (format 4; absent from a record
+    /// written before, whose body is in `b` chunks like a large one's).
+    pub body: Option<Vec<u8>>,
+}
+
+/// Whether a body is kept in its CDR's record rather than in `b` chunks.
+pub fn inline_body(body: &[u8]) -> bool {
+    body.len() <= BODY_CHUNK
 }
 
 impl CdrRec {
@@ -444,6 +465,9 @@ impl CdrRec {
             for s in &f.cdrs {
                 w.u64(*s);
             }
+        }
+        if let Some(body) = &self.body {
+            w.bytes(body);
         }
         w.0
     }
@@ -471,6 +495,11 @@ impl CdrRec {
             }
             files.push(FileRef { name, cdrs });
         }
+        let body = if r.at_end() {
+            None
+        } else {
+            Some(r.bytes()?.to_vec())
+        };
         Ok(CdrRec {
             id,
             event_type,
@@ -479,6 +508,7 @@ impl CdrRec {
             body_len,
             deliveries,
             files,
+            body,
         })
     }
 }
@@ -535,8 +565,9 @@ impl DeliveryRec {
     }
 }
 
-/// `o` delivery: present exactly while the delivery is open; what start-up
-/// reads instead of every delivery.
+/// `o` delivery: present exactly while the delivery is open and its id is
+/// below the index mark (`open_index.rs`); what start-up reads instead of
+/// every delivery.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OpenRec {
     pub sub: u32,
@@ -825,8 +856,18 @@ mod tests {
                 name: "x.json".into(),
                 cdrs: vec![2],
             }],
+            body: Some(br#"{"QueueId":"q"}"#.to_vec()),
         };
         assert_eq!(CdrRec::decode(&cdr.encode()), Ok(cdr.clone()));
+        // An empty body is kept too; a record written before format 4 (or
+        // of a large body) has none.
+        for body in [Some(Vec::new()), None] {
+            let c = CdrRec {
+                body,
+                ..cdr.clone()
+            };
+            assert_eq!(CdrRec::decode(&c.encode()), Ok(c));
+        }
         for (id, len) in [
             ("cdr_0123456789abcdef0123456789abcdef", 17),
             ("t1", 3),

@@ -807,6 +807,8 @@ fn after_a_crash_an_open_index_entry_of_an_ended_delivery_is_dropped() {
     let ended = {
         let j = Journal::open(&path, 8 << 20).expect("open");
         let ids = ingest_n(&j, &a, 2);
+        // Both open long enough to be indexed.
+        j.flush_index(true).expect("index");
         let h = j.h().expect("open");
         // The open-index entry of ids[0] as it was before its attempt...
         let entry = h
@@ -1006,7 +1008,8 @@ fn a_format_2_journal_is_moved_into_a_tree_per_kind_at_open() {
     let stored = j.cdr(&cdr_id).expect("read").expect("cdr");
     assert!(!stored.body.is_empty());
     assert_eq!(keys_of(&j, records::K_CDR), 3);
-    assert_eq!(keys_of(&j, records::K_BODY), 3);
+    // The bodies are in their records, as this code wrote them.
+    assert_eq!(keys_of(&j, records::K_BODY), 0);
     let h = j.h().expect("open");
     assert_eq!(h.tree.of(records::K_CDR).len(), 3, "CDRs in their own tree");
     assert_eq!(h.tree.of(records::K_DELIVERY).len(), 3);
@@ -1025,83 +1028,104 @@ fn a_format_2_journal_is_moved_into_a_tree_per_kind_at_open() {
 
 #[test]
 fn after_a_crash_what_an_ingest_cut_short_before_the_content_id_left_is_dropped() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("j");
-    let a = sub("a");
-    let kept = {
-        let j = Journal::open(&path, 8 << 20).expect("open");
-        let ids = ingest_n(&j, &a, 1);
-        // What an ingest cut short between its trees leaves (bodies,
-        // deliveries and open index are written before the CDR records):
-        // a delivery and its index entry whose CDR has no record.
-        let h = j.h().expect("open");
-        let d = records::DeliveryRec {
-            cdr_seq: 999_999,
-            sub: 0,
-            state: State::Pending,
-            origin: Trigger::Auto,
-            attempts: 0,
-            failures: 0,
-            next_at_ms: None,
-            created_ms: now_ms(),
-            ended_ms: None,
-            last_status: None,
-            last_error: None,
-        };
-        h.tree
-            .insert(records::key(records::K_DELIVERY, 999_998), d.encode())
-            .expect("damage");
-        let o = records::OpenRec {
-            sub: 0,
-            state: State::Pending,
-            origin: Trigger::Auto,
-            next_at_ms: 0,
-        };
-        h.tree
-            .insert(records::key(records::K_OPEN, 999_998), o.encode())
-            .expect("damage");
-        // And one cut short after the CDR's record, before its content id:
-        // the CDR is not known, its file is taken in again as a new CDR.
-        let c = records::CdrRec {
-            id: "cdr_0123456789abcdef0123456789abcdef".into(),
-            event_type: "App.QueueWebhook".into(),
-            call_id: None,
-            received_ms: now_ms(),
-            body_len: 2,
-            deliveries: vec![888_887],
-            files: vec![],
-        };
-        h.tree
-            .insert(records::body_key(888_888, 0), &b"{}"[..])
-            .expect("damage");
-        h.tree
-            .insert(records::key(records::K_DELIVERY, 888_887), {
+    // Below the index mark a cut ingest leaves open-index entries (ids
+    // handed out before the mark moved past them); above it, only the
+    // delivery records, which start-up reads from the mark on.
+    for indexed in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j");
+        let a = sub("a");
+        let kept = {
+            let j = Journal::open(&path, 8 << 20).expect("open");
+            let ids = ingest_n(&j, &a, 1);
+            if indexed {
+                j.flush_index(true).expect("index");
+            }
+            // What an ingest cut short between its trees leaves (bodies,
+            // deliveries and open index are written before the CDR
+            // records): a delivery whose CDR has no record.
+            let h = j.h().expect("open");
+            let d = records::DeliveryRec {
+                cdr_seq: 999_999,
+                sub: 0,
+                state: State::Pending,
+                origin: Trigger::Auto,
+                attempts: 0,
+                failures: 0,
+                next_at_ms: None,
+                created_ms: now_ms(),
+                ended_ms: None,
+                last_status: None,
+                last_error: None,
+            };
+            let o = records::OpenRec {
+                sub: 0,
+                state: State::Pending,
+                origin: Trigger::Auto,
+                next_at_ms: 0,
+            };
+            let put_delivery = |id: u64, d: &records::DeliveryRec| {
+                h.tree
+                    .insert(records::key(records::K_DELIVERY, id), d.encode())
+                    .expect("damage");
+                if indexed {
+                    h.tree
+                        .insert(records::key(records::K_OPEN, id), o.encode())
+                        .expect("damage");
+                }
+            };
+            put_delivery(999_998, &d);
+            // And one cut short after the CDR's record, before its content
+            // id: the CDR is not known, its file is taken in again as a new
+            // CDR.
+            let c = records::CdrRec {
+                id: "cdr_0123456789abcdef0123456789abcdef".into(),
+                event_type: "App.QueueWebhook".into(),
+                call_id: None,
+                received_ms: now_ms(),
+                body_len: 2,
+                deliveries: vec![888_887],
+                files: vec![],
+                // As format 3 wrote it: the body in a chunk.
+                body: None,
+            };
+            h.tree
+                .insert(records::body_key(888_888, 0), &b"{}"[..])
+                .expect("damage");
+            put_delivery(888_887, &{
                 let mut d2 = d.clone();
                 d2.cdr_seq = 888_888;
-                d2.encode()
-            })
-            .expect("damage");
-        h.tree
-            .insert(records::key(records::K_OPEN, 888_887), o.encode())
-            .expect("damage");
-        h.tree
-            .insert(records::key(records::K_CDR, 888_888), c.encode())
-            .expect("damage");
-        j.flush().expect("flush");
-        ids[0]
-    };
-    let j = reopen(&path);
-    let open: Vec<DeliveryId> = j.take_open_deliveries().iter().map(|o| o.id).collect();
-    assert_eq!(open, [kept], "the orphans are not resumed");
-    assert_eq!(j.counts()["a"].pending, 1);
-    assert_eq!(keys_of(&j, records::K_OPEN), 1);
-    assert_eq!(keys_of(&j, records::K_DELIVERY), 1);
-    assert_eq!(
-        keys_of(&j, records::K_CDR),
-        1,
-        "the unknown CDR's record is dropped"
-    );
-    assert_eq!(keys_of(&j, records::K_BODY), 1, "and its body");
+                d2
+            });
+            h.tree
+                .insert(records::key(records::K_CDR, 888_888), c.encode())
+                .expect("damage");
+            if indexed {
+                h.tree
+                    .insert([records::K_INDEXED], &1_000_000u64.to_be_bytes())
+                    .expect("damage");
+            }
+            j.flush().expect("flush");
+            ids[0]
+        };
+        let j = reopen(&path);
+        let open: Vec<DeliveryId> = j.take_open_deliveries().iter().map(|o| o.id).collect();
+        assert_eq!(
+            open,
+            [kept],
+            "the orphans are not resumed (indexed: {indexed})"
+        );
+        assert_eq!(j.counts()["a"].pending, 1);
+        assert_eq!(keys_of(&j, records::K_OPEN), usize::from(indexed));
+        assert_eq!(keys_of(&j, records::K_DELIVERY), 1);
+        assert_eq!(
+            keys_of(&j, records::K_CDR),
+            1,
+            "the unknown CDR's record is dropped (indexed: {indexed})"
+        );
+        // The kept CDR's body is in its record.
+        assert_eq!(keys_of(&j, records::K_BODY), 0, "and its body");
+    }
 }
 
 #[test]
@@ -1122,4 +1146,154 @@ fn counts_kept_in_memory_are_on_disk_after_a_clean_stop() {
     // A clean open trusts delivered and dead on disk (no recount).
     assert_eq!((c.pending, c.delivered, c.dead), (1, 1, 1));
     assert!(c.last_success_ms.is_some() && c.last_failure_ms.is_some());
+}
+
+/// The open index's entries, by delivery id.
+fn indexed(j: &Journal) -> Vec<DeliveryId> {
+    let h = j.h().expect("open");
+    h.tree
+        .scan_prefix([records::K_OPEN])
+        .map(|item| records::key_id(&item.expect("read").0))
+        .collect()
+}
+
+fn mark(j: &Journal) -> Option<u64> {
+    open_index::read_mark(&j.h().expect("open")).expect("read")
+}
+
+#[test]
+fn a_delivery_that_ends_soon_never_gets_an_index_entry_and_a_clean_stop_indexes_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    let ids = {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        let ids = ingest_n(&j, &a, 3);
+        finish(&j, ids[0], State::Delivered);
+        j.flush().expect("flush");
+        assert!(
+            indexed(&j).is_empty(),
+            "nothing is due within half a minute"
+        );
+        // The file of the delivered CDR is finished; the others are not
+        // (the notes say, not the index).
+        assert!(finish(&j, ids[1], State::Dead).contains(&"x-1.json".to_string()));
+        j.close_clean().expect("close clean");
+        assert_eq!(indexed(&j), [ids[2]], "a clean stop indexes what is open");
+        assert!(mark(&j).is_some_and(|m| m > ids[2]));
+        ids
+    };
+    let j = reopen(&path);
+    let open: Vec<DeliveryId> = j.take_open_deliveries().iter().map(|o| o.id).collect();
+    assert_eq!(open, [ids[2]]);
+    let c = &j.counts()["a"];
+    assert_eq!((c.pending, c.delivered, c.dead), (1, 1, 1));
+}
+
+#[test]
+fn after_a_crash_the_deliveries_above_the_mark_are_resumed_from_their_records() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    let (ids, retry_at) = {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        // One indexed before the others are created: below the mark.
+        let old = j
+            .ingest(
+                &[file("old.json", r#"{"QueueId":"old"}"#)],
+                &route_to(&[&a]),
+            )
+            .expect("ingest")
+            .new_deliveries[0]
+            .1;
+        j.flush_index(true).expect("index");
+        let mut ids = vec![old];
+        ids.extend(ingest_n(&j, &a, 3));
+        finish(&j, ids[1], State::Delivered);
+        // One retrying, with when its retry is due.
+        let mut d = j.delivery(ids[2]).expect("read").expect("d");
+        d.state = State::Retrying;
+        d.attempts = 1;
+        d.failures = 1;
+        d.next_at_ms = Some(now_ms() + 60_000);
+        let at = attempt_for(&j, &d, 503, Trigger::Auto);
+        j.record_attempt(&d, &at).expect("record");
+        // No clean stop: what the last flush wrote is all there is.
+        j.flush().expect("flush");
+        assert_eq!(indexed(&j), [ids[0]]);
+        (ids, d.next_at_ms)
+    };
+    let j = reopen(&path);
+    let open = j.take_open_deliveries();
+    let got: Vec<(DeliveryId, Option<u64>)> = open.iter().map(|o| (o.id, o.retry_at_ms)).collect();
+    assert_eq!(got, [(ids[0], None), (ids[2], retry_at), (ids[3], None)]);
+    let c = &j.counts()["a"];
+    assert_eq!((c.pending, c.retrying, c.delivered), (2, 1, 1));
+    // Still above the mark: ending them touches no index entry.
+    finish(&j, ids[3], State::Delivered);
+    assert_eq!(indexed(&j), [ids[0]]);
+    assert!(!j.is_open(&j.h().expect("open"), ids[3]).expect("read"));
+    assert!(j.is_open(&j.h().expect("open"), ids[2]).expect("read"));
+}
+
+#[test]
+fn a_format_3_journal_is_format_4_with_every_open_delivery_indexed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("j");
+    let a = sub("a");
+    let ids = {
+        let j = Journal::open(&path, 8 << 20).expect("open");
+        let ids = ingest_n(&j, &a, 2);
+        j.close_clean().expect("close clean");
+        // As format 3 left it: every open delivery indexed, no mark.
+        let h = j.h().expect("open");
+        h.tree.remove([records::K_INDEXED]).expect("damage");
+        h.tree
+            .insert([records::K_VERSION], &[3u8][..])
+            .expect("damage");
+        // A record above where the mark was that the index does not name
+        // (format 3 never left one): without a mark it is not read.
+        h.tree
+            .remove(records::key(records::K_OPEN, ids[1]))
+            .expect("damage");
+        h.db.flush().expect("flush");
+        ids
+    };
+    let j = reopen(&path);
+    let open: Vec<DeliveryId> = j.take_open_deliveries().iter().map(|o| o.id).collect();
+    assert_eq!(open, [ids[0]], "no delivery record is read without a mark");
+    let h = j.h().expect("open");
+    let version = h.tree.get([records::K_VERSION]).expect("read");
+    assert_eq!(version.as_deref(), Some(&[records::FORMAT_VERSION][..]));
+    assert!(
+        mark(&j).is_some_and(|m| m > ids[1]),
+        "the mark is written at open"
+    );
+}
+
+#[test]
+fn a_small_body_is_kept_in_its_record_and_one_in_a_chunk_is_still_read() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let ids = ingest_n(&j, &a, 1);
+    assert_eq!(keys_of(&j, records::K_BODY), 0, "no chunk for a small body");
+    let (d, body) = j
+        .delivery_with_body(ids[0], true)
+        .expect("read")
+        .expect("delivery");
+    let want = body.expect("body");
+    assert_eq!(want, br#"{"QueueId":"0","CallId":"c0"}"#);
+    // As format 3 wrote it: the record without the body, the body in one
+    // chunk.
+    let h = j.h().expect("open");
+    let key = records::key(records::K_CDR, d.cdr_seq);
+    let mut rec =
+        records::CdrRec::decode(&h.tree.get(key).expect("read").expect("c")).expect("decode");
+    rec.body = None;
+    h.tree.insert(key, rec.encode()).expect("rewrite");
+    h.tree
+        .insert(records::body_key(d.cdr_seq, 0), &want[..])
+        .expect("chunk");
+    let stored = j.cdr_by_seq(d.cdr_seq).expect("read").expect("cdr");
+    assert_eq!(stored.body, want);
 }

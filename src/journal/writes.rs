@@ -2,34 +2,25 @@
 //! delivery ended without an attempt, a delivery created by replay or the
 //! test webhook. Each writes a few small records in order (`Ops`): the
 //! attempt (`a`, `h`, `x`), then the delivery's fixed-width record (`d`)
-//! and its open-index entry (`o`); its subscription's counts change in
+//! and, for a delivery open long enough to be indexed, its open-index
+//! entry (`o`, `open_index.rs`); its subscription's counts change in
 //! memory and are written at the next flush (`counts.rs`). Nothing that
 //! grows is rewritten. A crash between two of these writes is mended at
 //! the next open (`counts.rs`): without the clean-stop mark, delivered and
 //! dead are counted again from the delivery records, and an `o` entry
 //! whose delivery already ended is dropped.
 
-use super::records::{self, AttemptDetail, AttemptRec, DeliveryRec, OpenRec};
+use super::records::{self, AttemptDetail, AttemptRec, DeliveryRec};
 use super::{counts, lock, Attempt, Books, CdrMeta, Delivery, Journal, JournalError, Ops, Result};
 use crate::model::{DeliveryId, State, Trigger};
 use crate::time::now_ms;
 
-/// Puts a delivery's record and its open-index entry into `batch`: the
-/// record first, so an open-index entry always has its delivery.
-fn put_delivery(batch: &mut Ops, id: DeliveryId, d: &DeliveryRec) {
+/// Puts a delivery's record into `batch`, and its open-index change after
+/// it (so an index entry always has its delivery), or only into the notes
+/// for a delivery above the index mark (`open_index.rs`).
+fn put_delivery(books: &mut Books, batch: &mut Ops, id: DeliveryId, d: &DeliveryRec) {
     batch.insert(&records::key(records::K_DELIVERY, id)[..], d.encode());
-    let open = records::key(records::K_OPEN, id);
-    if d.state.is_open() {
-        let o = OpenRec {
-            sub: d.sub,
-            state: d.state,
-            origin: d.origin,
-            next_at_ms: d.next_at_ms.unwrap_or(0),
-        };
-        batch.insert(&open[..], o.encode());
-    } else {
-        batch.remove(&open[..]);
-    }
+    books.open.put(batch, id, d, now_ms());
 }
 
 /// Moves a delivery's count from its old state to its new one.
@@ -115,7 +106,7 @@ impl Journal {
                 &records::key2(records::K_ATTEMPTS_OF, updated.id, attempt.id)[..],
                 &[][..],
             );
-            put_delivery(&mut batch, updated.id, &new);
+            put_delivery(&mut books, &mut batch, updated.id, &new);
             recount(&mut books, old.as_ref(), &new);
             note_result(books.counts_mut(sub), attempt);
             books.changed(sub);
@@ -168,7 +159,7 @@ impl Journal {
             new.ended_ms = Some(now);
             new.last_error = Some(error.to_string());
             let mut batch = Ops::default();
-            put_delivery(&mut batch, id, &new);
+            put_delivery(&mut books, &mut batch, id, &new);
             recount(&mut books, Some(&old), &new);
             let c = books.counts_mut(new.sub);
             c.last_failure_ms = Some(now);
@@ -221,7 +212,7 @@ impl Journal {
         rec.deliveries.push(id);
         let mut batch = Ops::default();
         batch.insert(&records::key(records::K_CDR, cdr.seq)[..], rec.encode());
-        put_delivery(&mut batch, id, &d);
+        put_delivery(&mut books, &mut batch, id, &d);
         recount(&mut books, None, &d);
         books.changed(number);
         self.apply_counted(&h, books, batch, "write delivery")?;
