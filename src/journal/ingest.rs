@@ -1,5 +1,5 @@
-//! Taking CDRs in: spool files in batches (one sled batch and one flush per
-//! call) and the test webhook's CDR. The caller says, per CDR, which
+//! Taking CDRs in: spool files in batches (one ordered set of writes and
+//! one flush per call, `store::Batch`) and the test webhook's CDR. The caller says, per CDR, which
 //! subscriptions get a delivery and whose filters excluded it
 //! (`Routing`); the journal only records it, and counts the exclusions
 //! (`unmatched`) with the CDRs, under the same books lock and flush.

@@ -17,13 +17,14 @@
 //! - `retention`: pruning old records;
 //! - `repair`: reopening after an I/O error;
 //! - `migrate`: turning a format-1 (JSON) or format-2 (one tree) journal
-//!   into format 3 at open.
+//!   into format 4 at open (a format-3 one only gets its new number).
 //!
 //! Durability: `ingest` flushes before it returns, and the spool moves a
-//! file only after that; an ingest call is one sled batch per record
-//! kind's tree, applied in a crash-safe order (`store`). Attempts, replays
-//! and retention write a few keys in a crash-safe order too (`Ops`: a
-//! sled 0.34 batch costs two log-buffer writes). The counts are kept in
+//! file only after that; an ingest call's writes are applied key by key,
+//! record kind by record kind, in a crash-safe order (`store`: never a sled
+//! batch, which locks out every other reader and writer of the process).
+//! Attempts, replays and retention write a few keys in a crash-safe order
+//! too (`Ops`). The counts are kept in
 //! memory and written at each flush (`counts`). Attempts and state changes
 //! are not flushed one by one: after a crash an attempt may be repeated,
 //! never lost (at least once).
@@ -392,8 +393,7 @@ impl Journal {
         }
     }
 
-    /// Applies one batch: atomic, so a record and what indexes or counts
-    /// it are on disk together or not at all.
+    /// Applies one batch, key by key in a crash-safe order (`store.rs`).
     fn apply(&self, h: &Handles, batch: store::Batch, context: &'static str) -> Result<()> {
         h.tree.apply_batch(batch).map_err(self.sled_err(context))
     }

@@ -1,4 +1,5 @@
-//! Where each record kind lives: one sled tree per key kind (format 3).
+//! Where each record kind lives: one sled tree per key kind (formats 3
+//! and 4).
 //!
 //! The keys and records are those of `records` (a kind byte, then
 //! big-endian numbers); `Store` routes every read and write to the tree of
@@ -15,16 +16,22 @@
 //! records paid for copying and logging large, never changed ones. Apart,
 //! a kind's appends only ever touch its own leaves.
 //!
-//! The price is atomicity across kinds: a sled batch covers one tree. An
-//! ingest's [`Batch`] is therefore applied tree by tree in [`APPLY_ORDER`]
-//! (bodies, deliveries, open index, CDR records, content ids last). sled
-//! recovers a prefix of its one log, so a crash in the middle leaves a
-//! prefix of that order: a content id (what makes a CDR "known") is never
-//! on disk without its record, deliveries and open-index entries; what a
-//! cut-short ingest left before it (deliveries and open-index entries of a
-//! CDR with no record or no content id, that record and its body) is
-//! dropped at the next open (`counts.rs`), and the file, still in the
-//! spool, is taken in again and delivered once.
+//! An ingest's [`Batch`] is not a sled batch: it is written key by key,
+//! tree by tree in [`APPLY_ORDER`] (bodies, deliveries, open index, CDR
+//! records, content ids last). sled recovers a prefix of its one log, so a
+//! crash in the middle leaves a prefix of that order: a content id (what
+//! makes a CDR "known") is never on disk without its record, deliveries and
+//! open-index entries; what a cut-short ingest left before it (deliveries
+//! and open-index entries of a CDR with no record or no content id, that
+//! record and its body) is dropped at the next open (`counts.rs`), and the
+//! file, still in the spool, is taken in again and delivered once.
+//!
+//! Why not sled's own batches (measured, BENCHMARKS.md "fourth session"):
+//! sled 0.34's `apply_batch` takes a process-wide write lock for the whole
+//! batch, and once any batch has been applied, every read and write of the
+//! process goes through that lock's read side for the rest of its life. A
+//! batch of 512 CDRs held every delivery thread's attempt for its whole
+//! length, and the journal's atomicity never needed more than the order.
 
 use std::ops::{Bound, RangeBounds};
 
@@ -132,57 +139,64 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a batch: each tree's part atomically, the trees one after
-    /// the other in `APPLY_ORDER`, then the meta tree.
+    /// Writes a batch key by key: the trees one after the other in
+    /// `APPLY_ORDER`, then the meta tree, each tree's writes in the order
+    /// they were put in (see the module docs for why not a sled batch).
     pub(super) fn apply_batch(&self, batch: Batch) -> sled::Result<()> {
         let Batch { mut kinds, meta } = batch;
+        let write = |tree: &sled::Tree, writes: Writes| -> sled::Result<()> {
+            for (k, v) in writes {
+                match v {
+                    Some(v) => tree.insert(k, v).map(drop),
+                    None => tree.remove(k).map(drop),
+                }?;
+            }
+            Ok(())
+        };
         for kind in APPLY_ORDER {
             if let Some(i) = index(kind) {
-                if let Some(b) = kinds[i].take() {
-                    self.kinds[i].apply_batch(b)?;
-                }
+                write(&self.kinds[i], std::mem::take(&mut kinds[i]))?;
             }
         }
-        if let Some(b) = meta {
-            self.meta.apply_batch(b)?;
-        }
-        Ok(())
+        write(&self.meta, meta)
     }
 }
 
-/// Writes to apply together (`Store::apply_batch`): atomic per tree,
-/// ordered across trees.
+/// One tree's writes, in order: `None` removes the key.
+type Writes = Vec<(sled::IVec, Option<sled::IVec>)>;
+
+/// Writes to apply together (`Store::apply_batch`), ordered across trees.
 pub(super) struct Batch {
-    kinds: Vec<Option<sled::Batch>>,
-    meta: Option<sled::Batch>,
+    kinds: Vec<Writes>,
+    meta: Writes,
 }
 
 impl Default for Batch {
     fn default() -> Batch {
         Batch {
-            kinds: (0..KINDS.len()).map(|_| None).collect(),
-            meta: None,
+            kinds: (0..KINDS.len()).map(|_| Vec::new()).collect(),
+            meta: Vec::new(),
         }
     }
 }
 
 impl Batch {
-    fn part(&mut self, key: &[u8]) -> &mut sled::Batch {
+    fn part(&mut self, key: &[u8]) -> &mut Writes {
         match index(kind_of(key)) {
-            Some(i) => self.kinds[i].get_or_insert_with(sled::Batch::default),
-            None => self.meta.get_or_insert_with(sled::Batch::default),
+            Some(i) => &mut self.kinds[i],
+            None => &mut self.meta,
         }
     }
 
     pub(super) fn insert<K: AsRef<[u8]>, V: Into<sled::IVec>>(&mut self, key: K, value: V) {
         let key = key.as_ref();
-        self.part(key).insert(key, value);
+        self.part(key).push((key.into(), Some(value.into())));
     }
 
     #[allow(dead_code)]
     pub(super) fn remove<K: AsRef<[u8]>>(&mut self, key: K) {
         let key = key.as_ref();
-        self.part(key).remove(key);
+        self.part(key).push((key.into(), None));
     }
 }
 
