@@ -202,6 +202,7 @@ impl Journal {
                         ended_ms: None,
                         last_status: None,
                         last_error: None,
+                        last_attempt: 0,
                     };
                     batch.insert(&records::key(records::K_DELIVERY, *id)[..], d.encode());
                     // Most deliveries end long before their index entry

@@ -321,6 +321,7 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &Store) -> Result<()> {
             ended_ms: d.ended_ms,
             last_status: d.last_status,
             last_error: d.last_error,
+            last_attempt: 0,
         };
         batch.insert(&records::key(records::K_DELIVERY, id)[..], rec.encode());
         if st.is_open() {
@@ -385,6 +386,10 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &Store) -> Result<()> {
             duration_ms: a.duration_ms,
             trigger: trigger(&a.trigger).unwrap_or(Trigger::Auto),
             error: a.error,
+            // Migrated as format 3 had them: the detail in `h`, the
+            // delivery's attempts in `x` (both still read).
+            prev: 0,
+            detail: None,
         };
         batch.insert(&records::key(records::K_ATTEMPT, id)[..], rec.encode());
         pending += 1;

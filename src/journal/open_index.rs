@@ -226,6 +226,7 @@ mod tests {
             ended_ms: None,
             last_status: None,
             last_error: None,
+            last_attempt: 0,
         }
     }
 

@@ -275,6 +275,13 @@ impl Journal {
     /// One attempt in full.
     pub fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
         let h = self.h()?;
+        Ok(self.attempt_full(&h, id)?.map(|(a, _)| a))
+    }
+
+    /// One attempt in full, and its delivery's attempt before it (0: none
+    /// or not known, format 3). The detail is in the record (format 4) or
+    /// its `h` record (format 3).
+    fn attempt_full(&self, h: &Handles, id: AttemptId) -> Result<Option<(Attempt, AttemptId)>> {
         let Some(b) = h
             .tree
             .get(records::key(records::K_ATTEMPT, id))
@@ -282,12 +289,19 @@ impl Journal {
         else {
             return Ok(None);
         };
-        let mut a = self.attempt_of(id, AttemptRec::decode(&b)?);
-        if let Some(b) = h
-            .tree
-            .get(records::key(records::K_DETAIL, id))
-            .map_err(self.sled_err("read attempt detail"))?
-        {
+        let mut rec = AttemptRec::decode(&b)?;
+        let prev = rec.prev;
+        let inline = rec.detail.take();
+        let mut a = self.attempt_of(id, rec);
+        let detail = match inline {
+            Some(d) => Some(d),
+            None => h
+                .tree
+                .get(records::key(records::K_DETAIL, id))
+                .map_err(self.sled_err("read attempt detail"))?
+                .map(|b| b.to_vec()),
+        };
+        if let Some(b) = detail {
             let ctx = records::HeaderContext {
                 webhook_id: &a.webhook_id,
                 event_type: &a.event_type,
@@ -299,18 +313,52 @@ impl Journal {
             a.response_headers = detail.response_headers;
             a.response_body = detail.response_body;
         }
-        Ok(Some(a))
+        Ok(Some((a, prev)))
     }
 
-    /// The attempts of one delivery in full, oldest first (from the `x`
-    /// index: a delivery does not list its attempts).
+    /// The ids of a delivery's attempts, oldest first: the chain from its
+    /// record's `last_attempt` (format 4) and the `x` index (format 3).
+    pub(super) fn attempt_ids_of(
+        &self,
+        h: &Handles,
+        id: DeliveryId,
+        last_attempt: AttemptId,
+    ) -> Result<Vec<AttemptId>> {
+        let mut ids = std::collections::BTreeSet::new();
+        for item in h.tree.scan_prefix(records::key(records::K_ATTEMPTS_OF, id)) {
+            let (k, _) = item.map_err(self.sled_err("read attempts of"))?;
+            ids.insert(records::key_id2(&k));
+        }
+        let mut next = last_attempt;
+        while next != 0 && ids.insert(next) {
+            let Some(b) = h
+                .tree
+                .get(records::key(records::K_ATTEMPT, next))
+                .map_err(self.sled_err("read attempt"))?
+            else {
+                // Pruned, or the chain's head written without its record.
+                ids.remove(&next);
+                break;
+            };
+            let rec = AttemptRec::decode(&b)?;
+            // Each link points back: a damaged one cannot loop.
+            if rec.delivery_id != id || rec.prev >= next {
+                break;
+            }
+            next = rec.prev;
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    /// The attempts of one delivery in full, oldest first.
     pub fn attempts_of(&self, delivery: &Delivery) -> Result<Vec<Attempt>> {
         let h = self.h()?;
+        let last = self
+            .delivery_rec(&h, delivery.id)?
+            .map_or(0, |d| d.last_attempt);
         let mut out = Vec::new();
-        let prefix = records::key(records::K_ATTEMPTS_OF, delivery.id);
-        for item in h.tree.scan_prefix(prefix) {
-            let (k, _) = item.map_err(self.sled_err("read attempts of"))?;
-            if let Some(a) = self.attempt(records::key_id2(&k))? {
+        for id in self.attempt_ids_of(&h, delivery.id, last)? {
+            if let Some((a, _)) = self.attempt_full(&h, id)? {
                 out.push(a);
             }
         }

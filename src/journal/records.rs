@@ -8,8 +8,13 @@
 //! `k` and `w` share the meta tree [`TREE`]. Format 2 had the same keys and
 //! records in one tree (`journal.v2`); format 3 only moved them apart;
 //! format 4 indexes an open delivery (`o`) only once it has been open for
-//! a while, below the mark `w` (`open_index.rs`), and keeps a body of one
-//! chunk in its CDR's record (one record fewer to write and read per CDR).
+//! a while, below the mark `w` (`open_index.rs`), keeps a body of one chunk
+//! in its CDR's record, and an attempt's detail in its record, its
+//! delivery's attempts chained from the delivery's `last_attempt` (so a
+//! CDR with one delivery is three records at ingest instead of five, and
+//! an attempt two instead of five). Every
+//! format-3 record stays readable as it is: the new fields are at the end
+//! of their records, absent from older ones.
 //!
 //! | key                       | value                                    |
 //! |---------------------------|------------------------------------------|
@@ -21,9 +26,13 @@
 //! | `d` delivery              | [`DeliveryRec`]: state, fixed width      |
 //! | `o` delivery              | [`OpenRec`]: the open-delivery index,    |
 //! |                           | below the mark `w` only                  |
-//! | `a` attempt               | [`AttemptRec`]: what listings show       |
-//! | `h` attempt               | [`AttemptDetail`]: headers, response     |
-//! | `x` delivery attempt      | nothing: the attempts of a delivery      |
+//! | `a` attempt               | [`AttemptRec`]: what listings show, the  |
+//! |                           | delivery's previous attempt, and (format |
+//! |                           | 4) its [`AttemptDetail`]                 |
+//! | `h` attempt               | format 3: [`AttemptDetail`]: headers,    |
+//! |                           | response (read, no longer written)       |
+//! | `x` delivery attempt      | format 3: nothing: the attempts of a     |
+//! |                           | delivery (read, no longer written)       |
 //! | `n` subscription number   | [`CountsRec`]: per-subscription counts   |
 //! |                           | (`unmatched` last, optional: absent = 0) |
 //! | `s` subscription name     | its number (u32)                         |
@@ -33,7 +42,7 @@
 //! are a varint length and the bytes; an optional string is length + 1, 0
 //! for none. A content id of the usual `cdr_` + 32 hex form takes 17 bytes.
 
-use crate::model::{CdrSeq, DeliveryId, EventType, State, Trigger};
+use crate::model::{AttemptId, CdrSeq, DeliveryId, EventType, State, Trigger};
 
 /// The format this code writes. A journal with a higher number was written
 /// by a newer cdrhook and is refused; versions 1 (JSON in five trees) and 2
@@ -528,6 +537,10 @@ pub struct DeliveryRec {
     pub ended_ms: Option<u64>,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    /// Its latest attempt (0: none yet), the head of the chain the
+    /// attempts keep (`AttemptRec::prev`). Format 4; a record written
+    /// before has none, and its attempts are listed by the `x` index.
+    pub last_attempt: AttemptId,
 }
 
 impl DeliveryRec {
@@ -543,7 +556,8 @@ impl DeliveryRec {
             .u64(self.created_ms)
             .opt_u64(self.ended_ms)
             .u16(self.last_status.unwrap_or(0))
-            .opt_str(self.last_error.as_deref());
+            .opt_str(self.last_error.as_deref())
+            .u64(self.last_attempt);
         w.0
     }
 
@@ -561,6 +575,7 @@ impl DeliveryRec {
             ended_ms: r.opt_u64()?,
             last_status: Some(r.u16()?).filter(|&s| s != 0),
             last_error: r.opt_str()?,
+            last_attempt: if r.at_end() { 0 } else { r.u64()? },
         })
     }
 }
@@ -614,6 +629,14 @@ pub struct AttemptRec {
     pub duration_ms: u64,
     pub trigger: Trigger,
     pub error: Option<String>,
+    /// The delivery's attempt before this one (0: none), so a delivery's
+    /// attempts are a chain from its `last_attempt`. Format 4; absent
+    /// (0) from a record written before, listed by the `x` index instead.
+    pub prev: AttemptId,
+    /// What only `show` reads ([`AttemptDetail`], encoded), kept in the
+    /// record since format 4: one write per attempt, not two. `None` in a
+    /// record written before (its detail is the `h` record) or with none.
+    pub detail: Option<Vec<u8>>,
 }
 
 impl AttemptRec {
@@ -633,7 +656,11 @@ impl AttemptRec {
             .u16(self.status.unwrap_or(0))
             .var(self.duration_ms)
             .u8(trigger_code(self.trigger))
-            .opt_str(self.error.as_deref());
+            .opt_str(self.error.as_deref())
+            .u64(self.prev);
+        if let Some(detail) = &self.detail {
+            w.bytes(detail);
+        }
         w.0
     }
 
@@ -652,11 +679,19 @@ impl AttemptRec {
             duration_ms: r.var()?,
             trigger: trigger_from(r.u8()?)?,
             error: r.opt_str()?,
+            prev: if r.at_end() { 0 } else { r.u64()? },
+            detail: if r.at_end() {
+                None
+            } else {
+                Some(r.bytes()?.to_vec())
+            },
         })
     }
 }
 
-/// `h` attempt: what only `show` reads. Written only when not empty.
+/// An attempt's detail: what only `show` reads. Since format 4 it is
+/// encoded into the attempt's record (`AttemptRec::detail`, when not
+/// empty); a format-3 journal has it as the `h` record.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AttemptDetail {
     pub request_headers: Vec<(String, String)>,
@@ -896,8 +931,18 @@ mod tests {
             ended_ms: None,
             last_status: Some(503),
             last_error: Some("HTTP 503".into()),
+            last_attempt: 77,
         };
-        assert_eq!(DeliveryRec::decode(&d.encode()), Ok(d));
+        assert_eq!(DeliveryRec::decode(&d.encode()), Ok(d.clone()));
+        // Written by format 3: no chain head.
+        let old = d.encode();
+        assert_eq!(
+            DeliveryRec::decode(&old[..old.len() - 8]),
+            Ok(DeliveryRec {
+                last_attempt: 0,
+                ..d
+            })
+        );
         let a = AttemptRec {
             delivery_id: 1,
             cdr_seq: 2,
@@ -911,8 +956,19 @@ mod tests {
             duration_ms: 70_000,
             trigger: Trigger::Resend,
             error: Some("timeout".into()),
+            prev: 41,
+            detail: Some(vec![1, 2, 3]),
         };
-        assert_eq!(AttemptRec::decode(&a.encode()), Ok(a));
+        assert_eq!(AttemptRec::decode(&a.encode()), Ok(a.clone()));
+        let bare = AttemptRec {
+            prev: 0,
+            detail: None,
+            ..a
+        };
+        assert_eq!(AttemptRec::decode(&bare.encode()), Ok(bare.clone()));
+        // Written by format 3: neither field.
+        let old = bare.encode();
+        assert_eq!(AttemptRec::decode(&old[..old.len() - 8]), Ok(bare));
         let ctx = HeaderContext {
             webhook_id: "cdr_1",
             event_type: "App.QueueWebhook",
@@ -974,9 +1030,12 @@ mod tests {
             ended_ms: Some(6),
             last_status: None,
             last_error: Some("x".into()),
+            last_attempt: 0,
         }
         .encode();
-        for n in 0..d.len() {
+        // Cut anywhere but where a format-3 record ended (before the
+        // chain head), it is an error.
+        for n in (0..d.len()).filter(|&n| n != d.len() - 8) {
             assert!(DeliveryRec::decode(&d[..n]).is_err(), "cut at {n}");
         }
         let mut bad = d.clone();
@@ -999,8 +1058,10 @@ mod tests {
             ended_ms: Some(6),
             last_status: Some(204),
             last_error: None,
+            last_attempt: 0,
         };
-        assert!(d.encode().len() <= 48, "{}", d.encode().len());
+        // 48 bytes and the chain head.
+        assert!(d.encode().len() <= 56, "{}", d.encode().len());
         let body = vec![b'x'; BODY_CHUNK * 2 + 1];
         let sizes: Vec<_> = chunks(&body).map(|(i, c)| (i, c.len())).collect();
         assert_eq!(sizes, vec![(0, BODY_CHUNK), (1, BODY_CHUNK), (2, 1)]);

@@ -49,7 +49,7 @@ impl Journal {
             let mut batch = Ops::default();
             let mut touched = Vec::new();
             for (id, d) in &deliveries {
-                stats.attempts += self.remove_attempts(&h, *id, &mut batch)?;
+                stats.attempts += self.remove_attempts(&h, *id, d.last_attempt, &mut batch)?;
                 batch.remove(&records::key(records::K_DELIVERY, *id)[..]);
                 batch.remove(&records::key(records::K_OPEN, *id)[..]);
                 counts::adjust(books.counts_mut(d.sub), d.state, false);
@@ -82,20 +82,32 @@ impl Journal {
         Ok(stats)
     }
 
-    /// Puts the removal of every attempt of a delivery into `batch`.
-    fn remove_attempts(&self, h: &super::Handles, delivery: u64, batch: &mut Ops) -> Result<usize> {
-        let mut n = 0;
+    /// Puts the removal of every attempt of a delivery into `batch`
+    /// (with a format-3 attempt's detail and index entry).
+    fn remove_attempts(
+        &self,
+        h: &super::Handles,
+        delivery: u64,
+        last_attempt: u64,
+        batch: &mut Ops,
+    ) -> Result<usize> {
+        // Format 3 kept the detail apart and listed the attempts in `x`.
+        let mut format_3 = std::collections::HashSet::new();
         for item in h
             .tree
             .scan_prefix(records::key(records::K_ATTEMPTS_OF, delivery))
         {
             let (k, _) = item.map_err(self.sled_err("read attempts of"))?;
-            let a = records::key_id2(&k);
-            batch.remove(&records::key(records::K_ATTEMPT, a)[..]);
-            batch.remove(&records::key(records::K_DETAIL, a)[..]);
-            batch.remove(k);
-            n += 1;
+            format_3.insert(records::key_id2(&k));
         }
-        Ok(n)
+        let ids = self.attempt_ids_of(h, delivery, last_attempt)?;
+        for &a in &ids {
+            batch.remove(&records::key(records::K_ATTEMPT, a)[..]);
+            if format_3.contains(&a) {
+                batch.remove(&records::key(records::K_DETAIL, a)[..]);
+                batch.remove(&records::key2(records::K_ATTEMPTS_OF, delivery, a)[..]);
+            }
+        }
+        Ok(ids.len())
     }
 }

@@ -1057,6 +1057,7 @@ fn after_a_crash_what_an_ingest_cut_short_before_the_content_id_left_is_dropped(
                 ended_ms: None,
                 last_status: None,
                 last_error: None,
+                last_attempt: 0,
             };
             let o = records::OpenRec {
                 sub: 0,
@@ -1296,4 +1297,96 @@ fn a_small_body_is_kept_in_its_record_and_one_in_a_chunk_is_still_read() {
         .expect("chunk");
     let stored = j.cdr_by_seq(d.cdr_seq).expect("read").expect("cdr");
     assert_eq!(stored.body, want);
+}
+
+#[test]
+fn a_deliverys_attempts_are_a_chain_in_their_records_and_format_3_ones_are_still_listed() {
+    let (_d, j) = open_tmp();
+    let a = sub("a");
+    let ids = ingest_n(&j, &a, 1);
+    let id = ids[0];
+    // A format-3 attempt: its record without chain or detail, its detail
+    // in `h`, listed in `x`.
+    let d = j.delivery(id).expect("read").expect("d");
+    let old_id = j.next_id().expect("id");
+    let h = j.h().expect("open");
+    let old = records::AttemptRec {
+        delivery_id: id,
+        cdr_seq: d.cdr_seq,
+        sub: 0,
+        event_type: d.event_type.clone(),
+        webhook_id: d.cdr_id.clone(),
+        call_id: d.call_id.clone(),
+        time_ms: now_ms(),
+        attempt: 1,
+        status: Some(503),
+        duration_ms: 1,
+        trigger: Trigger::Auto,
+        error: None,
+        prev: 0,
+        detail: None,
+    };
+    let bytes = old.encode();
+    h.tree
+        .insert(
+            records::key(records::K_ATTEMPT, old_id),
+            &bytes[..bytes.len() - 8],
+        )
+        .expect("format-3 attempt");
+    let ctx = records::HeaderContext {
+        webhook_id: &old.webhook_id,
+        event_type: &old.event_type,
+        attempt: 1,
+        time_ms: old.time_ms,
+    };
+    let detail = records::AttemptDetail {
+        request_headers: vec![("x-old".into(), "1".into())],
+        ..Default::default()
+    };
+    h.tree
+        .insert(records::key(records::K_DETAIL, old_id), detail.encode(&ctx))
+        .expect("format-3 detail");
+    h.tree
+        .insert(records::key2(records::K_ATTEMPTS_OF, id, old_id), &[][..])
+        .expect("format-3 index");
+    // Two attempts of this version: a 503, then a 204 with headers.
+    let mut d = j.delivery(id).expect("read").expect("d");
+    d.attempts = 2;
+    d.state = State::Retrying;
+    let first = attempt_for(&j, &d, 503, Trigger::Auto);
+    j.record_attempt(&d, &first).expect("record");
+    d.attempts = 3;
+    d.state = State::Delivered;
+    d.ended_ms = Some(now_ms());
+    let mut last = attempt_for(&j, &d, 204, Trigger::Auto);
+    last.response_headers = vec![("server".into(), "nginx".into())];
+    j.record_attempt(&d, &last).expect("record");
+    assert_eq!(keys_of(&j, records::K_ATTEMPTS_OF), 1, "no new `x` entry");
+    assert_eq!(keys_of(&j, records::K_DETAIL), 1, "no new `h` record");
+    let got = j.attempts_of(&d).expect("attempts");
+    let seen: Vec<(u64, Option<u16>)> = got.iter().map(|a| (a.id, a.status)).collect();
+    assert_eq!(
+        seen,
+        [
+            (old_id, Some(503)),
+            (first.id, Some(503)),
+            (last.id, Some(204))
+        ]
+    );
+    assert_eq!(
+        got[0].request_headers,
+        [("x-old".to_string(), "1".to_string())]
+    );
+    assert_eq!(got[2].response_headers, last.response_headers);
+    assert_eq!(j.attempt(last.id).expect("read"), Some(last.clone()));
+    // Retention takes every one of them, and the format-3 records.
+    let stats = j.prune(now_ms() + 1000, 100).expect("prune");
+    assert_eq!((stats.cdrs, stats.attempts), (1, 3));
+    for kind in [
+        records::K_ATTEMPT,
+        records::K_DETAIL,
+        records::K_ATTEMPTS_OF,
+    ] {
+        assert_eq!(keys_of(&j, kind), 0, "{} left", kind as char);
+    }
 }

@@ -1,7 +1,8 @@
 //! Changes to deliveries after ingest: an attempt and its result, a
 //! delivery ended without an attempt, a delivery created by replay or the
 //! test webhook. Each writes a few small records in order (`Ops`): the
-//! attempt (`a`, `h`, `x`), then the delivery's fixed-width record (`d`)
+//! attempt (`a`, with its detail and the delivery's previous attempt),
+//! then the delivery's fixed-width record (`d`, the head of that chain)
 //! and, for a delivery open long enough to be indexed, its open-index
 //! entry (`o`, `open_index.rs`); its subscription's counts change in
 //! memory and are written at the next flush (`counts.rs`). Nothing that
@@ -55,6 +56,8 @@ impl Journal {
                 ended_ms: updated.ended_ms,
                 last_status: updated.last_status,
                 last_error: updated.last_error.clone(),
+                // The head of its attempts' chain.
+                last_attempt: attempt.id,
             };
             // A copy read before another attempt ended it never reopens an
             // ended delivery.
@@ -67,6 +70,17 @@ impl Journal {
             }
             new.attempts = new.attempts.max(old.as_ref().map_or(0, |o| o.attempts));
             let mut batch = Ops::default();
+            let detail = AttemptDetail {
+                request_headers: attempt.request_headers.clone(),
+                response_headers: attempt.response_headers.clone(),
+                response_body: attempt.response_body.clone(),
+            };
+            let ctx = records::HeaderContext {
+                webhook_id: &attempt.webhook_id,
+                event_type: &attempt.event_type,
+                attempt: attempt.attempt,
+                time_ms: attempt.time_ms,
+            };
             let rec = AttemptRec {
                 delivery_id: updated.id,
                 cdr_seq: updated.cdr_seq,
@@ -80,31 +94,17 @@ impl Journal {
                 duration_ms: attempt.duration_ms,
                 trigger: attempt.trigger,
                 error: attempt.error.clone(),
+                // The attempt before it: the chain `attempts_of` walks.
+                prev: old.as_ref().map_or(0, |o| o.last_attempt),
+                detail: (!detail.is_empty()).then(|| detail.encode(&ctx)),
             };
+            // The attempt before the delivery that points at it: a crash
+            // in between leaves the attempt in the history, not in its
+            // delivery's chain (and the delivery as it was, so the attempt
+            // is made again: at least once).
             batch.insert(
                 &records::key(records::K_ATTEMPT, attempt.id)[..],
                 rec.encode(),
-            );
-            let detail = AttemptDetail {
-                request_headers: attempt.request_headers.clone(),
-                response_headers: attempt.response_headers.clone(),
-                response_body: attempt.response_body.clone(),
-            };
-            if !detail.is_empty() {
-                let ctx = records::HeaderContext {
-                    webhook_id: &attempt.webhook_id,
-                    event_type: &attempt.event_type,
-                    attempt: attempt.attempt,
-                    time_ms: attempt.time_ms,
-                };
-                batch.insert(
-                    &records::key(records::K_DETAIL, attempt.id)[..],
-                    detail.encode(&ctx),
-                );
-            }
-            batch.insert(
-                &records::key2(records::K_ATTEMPTS_OF, updated.id, attempt.id)[..],
-                &[][..],
             );
             put_delivery(&mut books, &mut batch, updated.id, &new);
             recount(&mut books, old.as_ref(), &new);
@@ -208,6 +208,7 @@ impl Journal {
             ended_ms: None,
             last_status: None,
             last_error: None,
+            last_attempt: 0,
         };
         rec.deliveries.push(id);
         let mut batch = Ops::default();
