@@ -10,7 +10,8 @@
 //!
 //! `cargo bench --bench daemon` runs everything with the defaults;
 //! `cargo bench --bench daemon -- --files 20000 --idle-secs 10` for a quick look;
-//! `cargo bench --bench daemon -- --large` for the large-CDR drains alone.
+//! `cargo bench --bench daemon -- --large` for the large-CDR drains alone;
+//! `-- --concurrency N` sets `delivery.concurrency` (default: the daemon's).
 //! Results are printed as a Markdown table for BENCHMARKS.md.
 
 mod common;
@@ -31,6 +32,8 @@ struct Opts {
     only: Option<usize>,
     /// Only the large-CDR drains.
     large: bool,
+    /// `delivery.concurrency`, when not the daemon's default.
+    concurrency: Option<u64>,
 }
 
 fn opts() -> Opts {
@@ -41,6 +44,7 @@ fn opts() -> Opts {
         idle_secs: 60,
         only: None,
         large: false,
+        concurrency: None,
     };
     let args: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -52,6 +56,7 @@ fn opts() -> Opts {
             "--steady-secs" => o.steady_secs = value().unwrap_or(o.steady_secs),
             "--idle-secs" => o.idle_secs = value().unwrap_or(o.idle_secs),
             "--only" => o.only = value().map(|v| v as usize),
+            "--concurrency" => o.concurrency = value(),
             "--large" => {
                 o.large = true;
                 i += 1;
@@ -167,6 +172,9 @@ struct Setup {
     spool: PathBuf,
 }
 
+/// `--concurrency`, for `setup` (set once in `main`).
+static CONCURRENCY: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
 fn setup(receiver: &Receiver, subs: usize) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().to_path_buf();
@@ -175,6 +183,9 @@ fn setup(receiver: &Receiver, subs: usize) -> Setup {
     let mut yaml = String::from(
         "spool:\n  dir: spool\n  rescan_interval: 30s\njournal:\n  path: journal\ncontrol:\n  socket: control.sock\ndelivery:\n  retry_schedule: [1s, 5s]\nsubscriptions:\n",
     );
+    if let Some(n) = CONCURRENCY.get().copied().flatten() {
+        yaml = yaml.replace("delivery:\n", &format!("delivery:\n  concurrency: {n}\n"));
+    }
     for s in 0..subs {
         yaml.push_str(&format!(
             "  - name: sub{s}\n    endpoint: http://127.0.0.1:{}/s{s}\n    events: [\"*\"]\n    secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n",
@@ -371,6 +382,7 @@ fn large() {
 
 fn main() {
     let o = opts();
+    let _ = CONCURRENCY.set(o.concurrency);
     let date = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
