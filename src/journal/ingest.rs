@@ -1,8 +1,9 @@
 //! Taking CDRs in: spool files in batches (one ordered set of writes and
-//! one flush per call, `store::Batch`) and the test webhook's CDR. The caller says, per CDR, which
-//! subscriptions get a delivery and whose filters excluded it
-//! (`Routing`); the journal only records it, and counts the exclusions
-//! (`unmatched`) with the CDRs, under the same books lock and flush.
+//! one flush per call, `store::Batch`) and the test webhook's CDR. The
+//! caller says, per CDR, which subscriptions get a delivery and whose
+//! filters excluded it (`Routing`); the journal only records it, and
+//! counts the exclusions (`unmatched`) with the CDRs, under the same books
+//! lock and flush.
 
 use std::collections::{HashMap, HashSet};
 
@@ -23,8 +24,8 @@ struct NewCdr<'a> {
 
 /// Stores a body larger than one chunk (a small one is in its CDR's
 /// record, `records::inline_body`): its chunks are inserted one by one at
-/// once, before the batch that holds its CDR record. sled recovers a prefix of its log, so a CDR
-/// record that survives a crash has its chunks; chunks whose record did not
+/// once, before the batch that holds its CDR record. sled recovers a
+/// prefix of its log, so a CDR record that survives a crash has its chunks; chunks whose record did not
 /// make it are left behind (a crash in that window costs their space, never
 /// a CDR). Why not in the batch: sled pins memory for a whole batch, and
 /// each chunk inserted copies its leaf page (up to 16 chunks), so a batch of

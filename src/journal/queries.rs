@@ -275,22 +275,26 @@ impl Journal {
     /// One attempt in full.
     pub fn attempt(&self, id: AttemptId) -> Result<Option<Attempt>> {
         let h = self.h()?;
-        Ok(self.attempt_full(&h, id)?.map(|(a, _)| a))
+        match self.attempt_rec(&h, id)? {
+            Some(rec) => self.with_detail(&h, id, rec).map(Some),
+            None => Ok(None),
+        }
     }
 
-    /// One attempt in full, and its delivery's attempt before it (0: none
-    /// or not known, format 3). The detail is in the record (format 4) or
-    /// its `h` record (format 3).
-    fn attempt_full(&self, h: &Handles, id: AttemptId) -> Result<Option<(Attempt, AttemptId)>> {
-        let Some(b) = h
+    fn attempt_rec(&self, h: &Handles, id: AttemptId) -> Result<Option<AttemptRec>> {
+        match h
             .tree
             .get(records::key(records::K_ATTEMPT, id))
             .map_err(self.sled_err("read attempt"))?
-        else {
-            return Ok(None);
-        };
-        let mut rec = AttemptRec::decode(&b)?;
-        let prev = rec.prev;
+        {
+            Some(b) => Ok(Some(AttemptRec::decode(&b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// An attempt in full from its record: the detail is in the record
+    /// (format 4) or its `h` record (format 3).
+    fn with_detail(&self, h: &Handles, id: AttemptId, mut rec: AttemptRec) -> Result<Attempt> {
         let inline = rec.detail.take();
         let mut a = self.attempt_of(id, rec);
         let detail = match inline {
@@ -313,41 +317,46 @@ impl Journal {
             a.response_headers = detail.response_headers;
             a.response_body = detail.response_body;
         }
-        Ok(Some((a, prev)))
+        Ok(a)
     }
 
-    /// The ids of a delivery's attempts, oldest first: the chain from its
-    /// record's `last_attempt` (format 4) and the `x` index (format 3).
-    pub(super) fn attempt_ids_of(
+    /// A delivery's attempts, oldest first: each id with its record (read
+    /// once; `None` for an `x` entry whose record is gone) and whether
+    /// format 3's `x` index lists it. They are the chain from the delivery
+    /// record's `last_attempt` (format 4) and that index (format 3).
+    pub(super) fn attempt_recs_of(
         &self,
         h: &Handles,
         id: DeliveryId,
         last_attempt: AttemptId,
-    ) -> Result<Vec<AttemptId>> {
-        let mut ids = std::collections::BTreeSet::new();
+    ) -> Result<Vec<(AttemptId, Option<AttemptRec>, bool)>> {
+        let mut found = std::collections::BTreeMap::new();
         for item in h.tree.scan_prefix(records::key(records::K_ATTEMPTS_OF, id)) {
             let (k, _) = item.map_err(self.sled_err("read attempts of"))?;
-            ids.insert(records::key_id2(&k));
+            let a = records::key_id2(&k);
+            found.insert(a, (self.attempt_rec(h, a)?, true));
         }
         let mut next = last_attempt;
-        while next != 0 && ids.insert(next) {
-            let Some(b) = h
-                .tree
-                .get(records::key(records::K_ATTEMPT, next))
-                .map_err(self.sled_err("read attempt"))?
-            else {
-                // Pruned, or the chain's head written without its record.
-                ids.remove(&next);
+        while next != 0 && !found.contains_key(&next) {
+            // Gone: pruned, or the chain's head written without its record.
+            let Some(rec) = self.attempt_rec(h, next)? else {
                 break;
             };
-            let rec = AttemptRec::decode(&b)?;
-            // Each link points back: a damaged one cannot loop.
-            if rec.delivery_id != id || rec.prev >= next {
+            if rec.delivery_id != id {
                 break;
             }
-            next = rec.prev;
+            let prev = rec.prev;
+            found.insert(next, (Some(rec), false));
+            // Each link points back: a damaged one cannot loop.
+            if prev >= next {
+                break;
+            }
+            next = prev;
         }
-        Ok(ids.into_iter().collect())
+        Ok(found
+            .into_iter()
+            .map(|(a, (rec, listed))| (a, rec, listed))
+            .collect())
     }
 
     /// The attempts of one delivery in full, oldest first.
@@ -357,9 +366,9 @@ impl Journal {
             .delivery_rec(&h, delivery.id)?
             .map_or(0, |d| d.last_attempt);
         let mut out = Vec::new();
-        for id in self.attempt_ids_of(&h, delivery.id, last)? {
-            if let Some((a, _)) = self.attempt_full(&h, id)? {
-                out.push(a);
+        for (a, rec, _) in self.attempt_recs_of(&h, delivery.id, last)? {
+            if let Some(rec) = rec {
+                out.push(self.with_detail(&h, a, rec)?);
             }
         }
         Ok(out)

@@ -91,23 +91,14 @@ impl Journal {
         last_attempt: u64,
         batch: &mut Ops,
     ) -> Result<usize> {
-        // Format 3 kept the detail apart and listed the attempts in `x`.
-        let mut format_3 = std::collections::HashSet::new();
-        for item in h
-            .tree
-            .scan_prefix(records::key(records::K_ATTEMPTS_OF, delivery))
-        {
-            let (k, _) = item.map_err(self.sled_err("read attempts of"))?;
-            format_3.insert(records::key_id2(&k));
-        }
-        let ids = self.attempt_ids_of(h, delivery, last_attempt)?;
-        for &a in &ids {
+        let attempts = self.attempt_recs_of(h, delivery, last_attempt)?;
+        for &(a, _, listed) in &attempts {
             batch.remove(&records::key(records::K_ATTEMPT, a)[..]);
-            if format_3.contains(&a) {
+            if listed {
                 batch.remove(&records::key(records::K_DETAIL, a)[..]);
                 batch.remove(&records::key2(records::K_ATTEMPTS_OF, delivery, a)[..]);
             }
         }
-        Ok(ids.len())
+        Ok(attempts.len())
     }
 }

@@ -146,10 +146,7 @@ impl Store {
         let Batch { mut kinds, meta } = batch;
         let write = |tree: &sled::Tree, writes: Writes| -> sled::Result<()> {
             for (k, v) in writes {
-                match v {
-                    Some(v) => tree.insert(k, v).map(drop),
-                    None => tree.remove(k).map(drop),
-                }?;
+                tree.insert(k, v)?;
             }
             Ok(())
         };
@@ -162,8 +159,8 @@ impl Store {
     }
 }
 
-/// One tree's writes, in order: `None` removes the key.
-type Writes = Vec<(sled::IVec, Option<sled::IVec>)>;
+/// One tree's writes, in order (an ingest only inserts).
+type Writes = Vec<(sled::IVec, sled::IVec)>;
 
 /// Writes to apply together (`Store::apply_batch`), ordered across trees.
 pub(super) struct Batch {
@@ -190,13 +187,7 @@ impl Batch {
 
     pub(super) fn insert<K: AsRef<[u8]>, V: Into<sled::IVec>>(&mut self, key: K, value: V) {
         let key = key.as_ref();
-        self.part(key).push((key.into(), Some(value.into())));
-    }
-
-    #[allow(dead_code)]
-    pub(super) fn remove<K: AsRef<[u8]>>(&mut self, key: K) {
-        let key = key.as_ref();
-        self.part(key).push((key.into(), None));
+        self.part(key).push((key.into(), value.into()));
     }
 }
 
