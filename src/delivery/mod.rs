@@ -37,7 +37,7 @@ use crate::journal::{Attempt, DeliveryId, Journal, State, Trigger};
 use crate::locks::lock;
 use crate::time::now_ms;
 
-use queue::{Job, Next, Note, Outcome, Queue, Requested, SubView, Verdict};
+use queue::{Found, Job, Next, Note, Outcome, Queue, Requested, SubView, Verdict};
 
 /// What delivery needs from the rest of the daemon.
 pub struct Context {
@@ -95,7 +95,7 @@ enum Msg {
     /// reopened: then `skip_held`, queue those the worker does not already
     /// hold). `tests` are open test webhooks, ended as failed.
     Resume {
-        items: Vec<(DeliveryId, Option<u64>)>,
+        items: Vec<Found>,
         tests: Vec<DeliveryId>,
         skip_held: bool,
     },
@@ -171,14 +171,18 @@ impl Dispatcher {
     /// test webhook is never resumed (a test is one attempt): it is ended
     /// as failed, unless its attempt is running here.
     pub fn resume(&self, open: Vec<crate::journal::OpenDelivery>, skip_held: bool) {
-        type Found = (Vec<(DeliveryId, Option<u64>)>, Vec<DeliveryId>);
-        let mut by_sub: BTreeMap<String, Found> = BTreeMap::new();
+        type Open = (Vec<Found>, Vec<DeliveryId>);
+        let mut by_sub: BTreeMap<String, Open> = BTreeMap::new();
         for d in open {
             let (items, tests) = by_sub.entry(d.subscription).or_default();
             if d.origin == Trigger::Test {
                 tests.push(d.id);
             } else {
-                items.push((d.id, d.retry_at_ms));
+                items.push(Found {
+                    id: d.id,
+                    retry_at: d.retry_at_ms,
+                    hold_until: d.hold_until_ms,
+                });
             }
         }
         for (sub, (items, tests)) in by_sub {
@@ -659,6 +663,8 @@ fn attempt(
                 d.state = State::Retrying;
                 d.next_at_ms = Some(now + wait.wait.as_millis() as u64);
                 hold_until_ms = wait.hold.map(|h| now + h.as_millis() as u64);
+                // Journaled with the delivery, so a restart keeps it.
+                d.hold_until_ms = hold_until_ms;
             }
             None => {
                 d.state = State::Dead;

@@ -75,6 +75,16 @@ pub enum Verdict {
     EndpointFailing,
 }
 
+/// An open delivery found in the journal, to queue again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub id: DeliveryId,
+    /// `None`: pending, due now; `Some`: retrying, due then.
+    pub retry_at: Option<Ms>,
+    /// Held by its endpoint's `Retry-After` until then (see [`Next`]).
+    pub hold_until: Option<Ms>,
+}
+
 /// What became of the delivery, as journaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
@@ -206,19 +216,26 @@ impl<R> Queue<R> {
     /// flight, are skipped. `tests` are open test webhooks: a test is one
     /// attempt and never resumed, so those not in flight here are returned
     /// for the worker to end as failed. Returns (queued, tests to end).
+    /// A retrying delivery keeps the hold its endpoint's `Retry-After` put
+    /// on it before the restart.
     pub fn resume(
         &mut self,
-        items: Vec<(DeliveryId, Option<Ms>)>,
+        items: Vec<Found>,
         tests: Vec<DeliveryId>,
         skip_held: bool,
     ) -> (usize, Vec<DeliveryId>) {
         let held = self.held_ids();
-        let new: Vec<_> = items
+        let new: Vec<Found> = items
             .into_iter()
-            .filter(|(id, _)| !(skip_held && held.contains(id)))
+            .filter(|f| !(skip_held && held.contains(&f.id)))
             .collect();
         let queued = new.len();
-        self.enqueue(new);
+        for f in new {
+            match f.retry_at {
+                None => self.ready.push_back(f.id),
+                Some(at) => self.schedule_retry(f.id, at, f.hold_until),
+            }
+        }
         let tests = tests.into_iter().filter(|id| !held.contains(id)).collect();
         (queued, tests)
     }
@@ -587,6 +604,17 @@ mod tests {
         notes
     }
 
+    fn found(items: &[(DeliveryId, Option<Ms>)]) -> Vec<Found> {
+        items
+            .iter()
+            .map(|&(id, retry_at)| Found {
+                id,
+                retry_at,
+                hold_until: None,
+            })
+            .collect()
+    }
+
     fn delivered(_: DeliveryId) -> Outcome {
         Outcome::Sent {
             verdict: Verdict::Delivered,
@@ -894,6 +922,42 @@ mod tests {
         }
     }
 
+    /// Issue 8: the hold is journaled with the delivery, so a delivery
+    /// resumed after a restart keeps it across a release too.
+    #[test]
+    fn a_resumed_delivery_keeps_its_retry_after_hold_across_a_release() {
+        // (hold_until as journaled, release at, released with the others?)
+        let table = [
+            (None, 2_000, true),
+            (Some(2_000), 2_000, true),
+            (Some(2_001), 2_000, false),
+            (Some(30_000), 2_000, false),
+        ];
+        for (hold_until, now, released) in table {
+            let mut q = queue();
+            let resumed = Found {
+                id: 2,
+                retry_at: Some(50_000),
+                hold_until,
+            };
+            assert_eq!(q.resume(vec![resumed], vec![], false), (1, vec![]));
+            // After the restart the endpoint fails once, then recovers.
+            q.enqueue([(1, None)]);
+            let h = q.dispatch(0, 1);
+            finish(&mut q, h, 0, failed_until(1_000));
+            let h = q.dispatch(1_000, 1);
+            assert_eq!(ids(&h), [1], "the probe");
+            finish(&mut q, h, now, delivered);
+            let next = ids(&q.dispatch(now, 1));
+            if released {
+                assert_eq!(next, [2], "hold {hold_until:?} at {now}");
+            } else {
+                assert!(next.is_empty(), "hold {hold_until:?} at {now}");
+                assert_eq!(q.next_wakeup(1), Some(50_000), "keeps its time");
+            }
+        }
+    }
+
     #[test]
     fn a_changed_endpoint_url_opens_the_gate_and_releases_everything() {
         let mut q = queue();
@@ -1100,13 +1164,13 @@ mod tests {
         // Start-up: nothing held, every open test is ended.
         let mut fresh = queue();
         assert_eq!(
-            fresh.resume(vec![(1, None), (3, Some(5))], vec![9], false),
+            fresh.resume(found(&[(1, None), (3, Some(5))]), vec![9], false),
             (2, vec![9])
         );
         // After a journal reopen: skip what is held; a test in flight is
         // left to its attempt.
         assert_eq!(
-            q.resume(vec![(1, None), (3, Some(5))], vec![2, 4], true),
+            q.resume(found(&[(1, None), (3, Some(5))]), vec![2, 4], true),
             (1, vec![4])
         );
     }

@@ -204,6 +204,7 @@ impl Journal {
                         last_status: None,
                         last_error: None,
                         last_attempt: 0,
+                        hold_until_ms: None,
                     };
                     batch.insert(&records::key(records::K_DELIVERY, *id)[..], d.encode());
                     // Most deliveries end long before their index entry

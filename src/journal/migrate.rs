@@ -322,6 +322,7 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &Store) -> Result<()> {
             last_status: d.last_status,
             last_error: d.last_error,
             last_attempt: 0,
+            hold_until_ms: None,
         };
         batch.insert(&records::key(records::K_DELIVERY, id)[..], rec.encode());
         if st.is_open() {
@@ -330,6 +331,7 @@ fn migrate(db: &sled::Db, old: &[sled::Tree], tree: &Store) -> Result<()> {
                 state: st,
                 origin: rec.origin,
                 next_at_ms: rec.next_at_ms.unwrap_or(0),
+                hold_until_ms: None,
             };
             batch.insert(&records::key(records::K_OPEN, id)[..], o.encode());
         }

@@ -116,6 +116,9 @@ pub struct Delivery {
     pub origin: Trigger,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    /// A retrying delivery's `Retry-After`: not sent before then, even when
+    /// its failing endpoint recovers (`delivery::queue`).
+    pub hold_until_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +191,9 @@ pub struct OpenDelivery {
     pub subscription: String,
     /// `Some` for a retrying delivery: when its retry is due.
     pub retry_at_ms: Option<u64>,
+    /// `Some` for a retrying delivery held by its endpoint's `Retry-After`:
+    /// not sent before then, even when the endpoint recovers.
+    pub hold_until_ms: Option<u64>,
     /// `test` for a test webhook, which is never resumed.
     pub origin: Trigger,
 }

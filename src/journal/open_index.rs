@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use super::records::{self, DeliveryRec, OpenRec};
 use super::{lock, Books, Handles, Journal, Ops, Result};
-use crate::model::DeliveryId;
+use crate::model::{DeliveryId, State};
 
 /// How long a delivery stays open before its index entry is written.
 /// Longer than a backlog drain keeps most deliveries queued (so a fast
@@ -155,6 +155,7 @@ pub(super) fn open_rec(d: &DeliveryRec) -> OpenRec {
         state: d.state,
         origin: d.origin,
         next_at_ms: d.next_at_ms.unwrap_or(0),
+        hold_until_ms: d.hold_until_ms.filter(|_| d.state == State::Retrying),
     }
 }
 
@@ -227,6 +228,7 @@ mod tests {
             last_status: None,
             last_error: None,
             last_attempt: 0,
+            hold_until_ms: None,
         }
     }
 

@@ -78,6 +78,7 @@ impl Journal {
             origin: d.origin,
             last_status: d.last_status,
             last_error: d.last_error,
+            hold_until_ms: d.hold_until_ms,
         }
     }
 

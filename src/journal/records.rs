@@ -541,6 +541,10 @@ pub struct DeliveryRec {
     /// attempts keep (`AttemptRec::prev`). Format 4; a record written
     /// before has none, and its attempts are listed by the `x` index.
     pub last_attempt: AttemptId,
+    /// A retrying delivery's `Retry-After`: not sent before then, even when
+    /// its failing endpoint recovers and the others waiting go at once.
+    /// Written only when there is one, after the chain head.
+    pub hold_until_ms: Option<u64>,
 }
 
 impl DeliveryRec {
@@ -558,6 +562,9 @@ impl DeliveryRec {
             .u16(self.last_status.unwrap_or(0))
             .opt_str(self.last_error.as_deref())
             .u64(self.last_attempt);
+        if let Some(until) = self.hold_until_ms {
+            w.u64(until);
+        }
         w.0
     }
 
@@ -576,6 +583,7 @@ impl DeliveryRec {
             last_status: Some(r.u16()?).filter(|&s| s != 0),
             last_error: r.opt_str()?,
             last_attempt: if r.at_end() { 0 } else { r.u64()? },
+            hold_until_ms: if r.at_end() { None } else { Some(r.u64()?) },
         })
     }
 }
@@ -589,6 +597,8 @@ pub struct OpenRec {
     pub state: State,
     pub origin: Trigger,
     pub next_at_ms: u64,
+    /// The delivery's `hold_until_ms`, written only when there is one.
+    pub hold_until_ms: Option<u64>,
 }
 
 impl OpenRec {
@@ -598,6 +608,9 @@ impl OpenRec {
             .u8(state_code(self.state))
             .u8(trigger_code(self.origin))
             .u64(self.next_at_ms);
+        if let Some(until) = self.hold_until_ms {
+            w.u64(until);
+        }
         w.0
     }
 
@@ -608,6 +621,7 @@ impl OpenRec {
             state: state_from(r.u8()?)?,
             origin: trigger_from(r.u8()?)?,
             next_at_ms: r.u64()?,
+            hold_until_ms: if r.at_end() { None } else { Some(r.u64()?) },
         })
     }
 }
@@ -932,14 +946,22 @@ mod tests {
             last_status: Some(503),
             last_error: Some("HTTP 503".into()),
             last_attempt: 77,
+            hold_until_ms: None,
         };
         assert_eq!(DeliveryRec::decode(&d.encode()), Ok(d.clone()));
+        // A `Retry-After` hold rides after the chain head.
+        let held = DeliveryRec {
+            hold_until_ms: Some(123),
+            ..d.clone()
+        };
+        assert_eq!(DeliveryRec::decode(&held.encode()), Ok(held));
         // Written by format 3: no chain head.
         let old = d.encode();
         assert_eq!(
             DeliveryRec::decode(&old[..old.len() - 8]),
             Ok(DeliveryRec {
                 last_attempt: 0,
+                hold_until_ms: None,
                 ..d
             })
         );
@@ -1012,8 +1034,14 @@ mod tests {
             state: State::Pending,
             origin: Trigger::Test,
             next_at_ms: 0,
+            hold_until_ms: None,
         };
         assert_eq!(OpenRec::decode(&o.encode()), Ok(o));
+        let held = OpenRec {
+            hold_until_ms: Some(123),
+            ..o
+        };
+        assert_eq!(OpenRec::decode(&held.encode()), Ok(held));
     }
 
     #[test]
@@ -1031,6 +1059,7 @@ mod tests {
             last_status: None,
             last_error: Some("x".into()),
             last_attempt: 0,
+            hold_until_ms: None,
         }
         .encode();
         // Cut anywhere but where a format-3 record ended (before the
@@ -1059,6 +1088,7 @@ mod tests {
             last_status: Some(204),
             last_error: None,
             last_attempt: 0,
+            hold_until_ms: None,
         };
         // 48 bytes and the chain head.
         assert!(d.encode().len() <= 56, "{}", d.encode().len());

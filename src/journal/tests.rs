@@ -1058,12 +1058,14 @@ fn after_a_crash_what_an_ingest_cut_short_before_the_content_id_left_is_dropped(
                 last_status: None,
                 last_error: None,
                 last_attempt: 0,
+                hold_until_ms: None,
             };
             let o = records::OpenRec {
                 sub: 0,
                 state: State::Pending,
                 origin: Trigger::Auto,
                 next_at_ms: 0,
+                hold_until_ms: None,
             };
             let put_delivery = |id: u64, d: &records::DeliveryRec| {
                 h.tree
@@ -1388,5 +1390,56 @@ fn a_deliverys_attempts_are_a_chain_in_their_records_and_format_3_ones_are_still
         records::K_ATTEMPTS_OF,
     ] {
         assert_eq!(keys_of(&j, kind), 0, "{} left", kind as char);
+    }
+}
+
+/// Issue 8: a `Retry-After` hold is journaled with its delivery, and a
+/// restart finds it, from the delivery's record after a crash and from the
+/// open index after a clean stop; an attempt without one clears it.
+#[test]
+fn a_retry_after_hold_survives_a_crash_and_a_clean_stop() {
+    for clean in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j");
+        let a = sub("a");
+        let (held, cleared, until) = {
+            let j = Journal::open(&path, 8 << 20).expect("open");
+            let ids = ingest_n(&j, &a, 2);
+            let until = now_ms() + 90_000;
+            for (id, hold) in [(ids[0], Some(until)), (ids[1], Some(until)), (ids[1], None)] {
+                let mut d = j.delivery(id).expect("read").expect("d");
+                d.state = State::Retrying;
+                d.attempts += 1;
+                d.failures += 1;
+                d.next_at_ms = Some(until);
+                d.hold_until_ms = hold;
+                let at = attempt_for(&j, &d, 503, Trigger::Auto);
+                j.record_attempt(&d, &at).expect("record");
+            }
+            let d = j.delivery(ids[0]).expect("read").expect("d");
+            assert_eq!(d.hold_until_ms, Some(until), "read back");
+            if clean {
+                j.close_clean().expect("close clean");
+                assert_eq!(indexed(&j), ids, "from the index");
+            } else {
+                j.flush().expect("flush");
+                assert!(indexed(&j).is_empty(), "from the records");
+            }
+            (ids[0], ids[1], until)
+        };
+        let j = reopen(&path);
+        let open = j.take_open_deliveries();
+        let got: Vec<(DeliveryId, Option<u64>, Option<u64>)> = open
+            .iter()
+            .map(|o| (o.id, o.retry_at_ms, o.hold_until_ms))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (held, Some(until), Some(until)),
+                (cleared, Some(until), None)
+            ],
+            "clean stop: {clean}"
+        );
     }
 }

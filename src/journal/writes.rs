@@ -58,6 +58,9 @@ impl Journal {
                 last_error: updated.last_error.clone(),
                 // The head of its attempts' chain.
                 last_attempt: attempt.id,
+                hold_until_ms: updated
+                    .hold_until_ms
+                    .filter(|_| updated.state == State::Retrying),
             };
             // A copy read before another attempt ended it never reopens an
             // ended delivery.
@@ -65,6 +68,7 @@ impl Journal {
                 if new.state.is_open() {
                     new.state = old.state;
                     new.next_at_ms = None;
+                    new.hold_until_ms = None;
                     new.ended_ms = old.ended_ms;
                 }
             }
@@ -209,6 +213,7 @@ impl Journal {
             last_status: None,
             last_error: None,
             last_attempt: 0,
+            hold_until_ms: None,
         };
         rec.deliveries.push(id);
         let mut batch = Ops::default();
