@@ -105,7 +105,7 @@ fn config(root: &Path, port: u16) -> String {
 /// Writes `n` CDRs, each delivered to `crm` in one attempt (1 % dead), as
 /// the daemon would have journaled them.
 fn build_journal(path: &Path, sub: &Subscription, n: usize) {
-    let journal = Journal::open(path, 8 << 20).expect("open the journal");
+    let journal = Journal::open(path, cdrhook::journal::CACHE_BYTES).expect("open the journal");
     let mut done = 0;
     while done < n {
         let batch = (n - done).min(512);

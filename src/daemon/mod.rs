@@ -39,10 +39,6 @@ use crate::logging;
 use crate::shutdown::Shutdown;
 use crate::time::now_ms;
 
-/// sled's page cache. The journal is written sequentially and read mostly
-/// by recent keys, so a small cache keeps the resident size small.
-const JOURNAL_CACHE: u64 = 8 << 20;
-
 /// Why the daemon could not start (it exits 1 with this message).
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -177,9 +173,11 @@ async fn start(
     http: Option<crate::web::Listener>,
 ) -> Result<(Daemon, Parts), StartError> {
     let journal = Arc::new(
-        Journal::open(&cfg.journal.path, JOURNAL_CACHE).map_err(|source| StartError::Journal {
-            path: cfg.journal.path.clone(),
-            source,
+        Journal::open(&cfg.journal.path, crate::journal::CACHE_BYTES).map_err(|source| {
+            StartError::Journal {
+                path: cfg.journal.path.clone(),
+                source,
+            }
         })?,
     );
     Spool::prepare(&cfg.spool).map_err(StartError::Spool)?;
