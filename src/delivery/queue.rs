@@ -886,6 +886,18 @@ mod tests {
         assert_eq!(q.next_wakeup(9), Some(61_000));
     }
 
+    /// After the release at `now`: delivery 2 (retrying at 50,000, held
+    /// until `hold_until`) went with the others, or kept its time.
+    fn after_release(q: &mut Queue<&'static str>, now: Ms, hold_until: Option<Ms>, released: bool) {
+        let next = ids(&q.dispatch(now, 1));
+        if released {
+            assert_eq!(next, [2], "hold {hold_until:?} at {now}");
+        } else {
+            assert!(next.is_empty(), "hold {hold_until:?} at {now}");
+            assert_eq!(q.next_wakeup(1), Some(50_000), "keeps its time");
+        }
+    }
+
     /// Issue 8 item 1: a `Retry-After` holds a delivery across a release
     /// until the time the endpoint asked, and no longer.
     #[test]
@@ -912,13 +924,7 @@ mod tests {
             let h = q.dispatch(1_000, 1);
             assert_eq!(ids(&h), [1]);
             finish(&mut q, h, now, delivered);
-            let next = ids(&q.dispatch(now, 1));
-            if released {
-                assert_eq!(next, [2], "hold {hold_until:?} at {now}");
-            } else {
-                assert!(next.is_empty(), "hold {hold_until:?} at {now}");
-                assert_eq!(q.next_wakeup(1), Some(50_000), "keeps its time");
-            }
+            after_release(&mut q, now, hold_until, released);
         }
     }
 
@@ -948,13 +954,7 @@ mod tests {
             let h = q.dispatch(1_000, 1);
             assert_eq!(ids(&h), [1], "the probe");
             finish(&mut q, h, now, delivered);
-            let next = ids(&q.dispatch(now, 1));
-            if released {
-                assert_eq!(next, [2], "hold {hold_until:?} at {now}");
-            } else {
-                assert!(next.is_empty(), "hold {hold_until:?} at {now}");
-                assert_eq!(q.next_wakeup(1), Some(50_000), "keeps its time");
-            }
+            after_release(&mut q, now, hold_until, released);
         }
     }
 

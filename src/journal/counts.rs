@@ -117,7 +117,7 @@ impl Journal {
                     .cloned()
                     .unwrap_or_else(|| format!("#{}", o.sub)),
                 retry_at_ms: (o.state == State::Retrying).then_some(o.next_at_ms),
-                hold_until_ms: o.hold_until_ms.filter(|_| o.state == State::Retrying),
+                hold_until_ms: o.hold_until_ms,
                 origin: o.origin,
             });
         };

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 
 use super::records::{self, DeliveryRec, OpenRec};
 use super::{lock, Books, Handles, Journal, Ops, Result};
-use crate::model::{DeliveryId, State};
+use crate::model::DeliveryId;
 
 /// How long a delivery stays open before its index entry is written.
 /// Longer than a backlog drain keeps most deliveries queued (so a fast
@@ -155,7 +155,8 @@ pub(super) fn open_rec(d: &DeliveryRec) -> OpenRec {
         state: d.state,
         origin: d.origin,
         next_at_ms: d.next_at_ms.unwrap_or(0),
-        hold_until_ms: d.hold_until_ms.filter(|_| d.state == State::Retrying),
+        // Only a retrying delivery's record has one (`record_attempt`).
+        hold_until_ms: d.hold_until_ms,
     }
 }
 
