@@ -287,7 +287,7 @@ type OnWrite = Box<dyn Fn() + Send + Sync>;
 /// its size on disk, not the larger node it becomes in memory, so even this
 /// holds several times as much. Measured against 8 MiB (BENCHMARKS.md,
 /// fifth session): 6 MiB less at the peak of a 100,000-file drain and after
-/// the operator bench's walks, for about 7 % more CPU per journal write
+/// the operator bench's walks, and journal writes within their usual spread
 /// (2 MiB saved 2–4 MiB more but cost 15–50 % on writes and pruning).
 pub const CACHE_BYTES: u64 = 4 << 20;
 
