@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use cdrhook::cdr::{parse_file, Cdr};
-use cdrhook::journal::{Attempt, IngestFile, Journal, State, Trigger};
+use cdrhook::journal::{Attempt, IngestFile, Journal, State, Trigger, CACHE_BYTES};
 use cdrhook::time::now_ms;
 
 const BATCH: usize = 256;
@@ -168,7 +168,7 @@ fn deliver(j: &Journal, ids: &[u64], flush_every: usize) -> (f64, f64) {
 
 fn open_only(path: &Path) {
     let t = Instant::now();
-    let j = Journal::open(path, cdrhook::journal::CACHE_BYTES).expect("open");
+    let j = Journal::open(path, CACHE_BYTES).expect("open");
     let open = j.take_open_deliveries();
     let secs = t.elapsed().as_secs_f64();
     println!(
@@ -193,7 +193,7 @@ fn main() {
 
     // Ingest and attempts, one subscription, then the size on disk.
     let path = tmp.path().join("one");
-    let j = Journal::open(&path, cdrhook::journal::CACHE_BYTES).expect("open");
+    let j = Journal::open(&path, CACHE_BYTES).expect("open");
     let (ids, (secs, cpu)) = ingest(&j, 0, n, &["crm"]);
     rows.push((
         format!("ingest, 1 subscription, {BATCH} per batch + flush"),
@@ -223,7 +223,7 @@ fn main() {
         ),
     ));
     // Retention prunes everything, then as many CDRs come in again.
-    let j = Journal::open(&path, cdrhook::journal::CACHE_BYTES).expect("reopen");
+    let j = Journal::open(&path, CACHE_BYTES).expect("reopen");
     let t = Instant::now();
     let mut pruned = 0;
     loop {
@@ -243,7 +243,7 @@ fn main() {
     ));
     drop(j);
     let size_pruned = dir_size(&path);
-    let j = Journal::open(&path, cdrhook::journal::CACHE_BYTES).expect("reopen");
+    let j = Journal::open(&path, CACHE_BYTES).expect("reopen");
     let (ids, _) = ingest(&j, n, n, &["crm"]);
     deliver(&j, &ids, BATCH);
     drop(j);
@@ -260,7 +260,7 @@ fn main() {
 
     // Three subscriptions: the journal cost must not triple.
     let path3 = tmp.path().join("three");
-    let j = Journal::open(&path3, cdrhook::journal::CACHE_BYTES).expect("open");
+    let j = Journal::open(&path3, CACHE_BYTES).expect("open");
     let (_, (secs, cpu)) = ingest(&j, 0, n, &["crm", "warehouse", "audit"]);
     rows.push((
         format!("ingest, 3 subscriptions, {BATCH} per batch + flush"),
@@ -278,7 +278,7 @@ fn main() {
     let path_open = tmp.path().join("open");
     let t = Instant::now();
     {
-        let j = Journal::open(&path_open, cdrhook::journal::CACHE_BYTES).expect("open");
+        let j = Journal::open(&path_open, CACHE_BYTES).expect("open");
         let mut done = 0;
         while done < ended {
             let k = (ended - done).min(50_000);

@@ -636,7 +636,6 @@ fn attempt(
     d.last_status = outcome.status;
     d.last_error = outcome.error.clone();
     let now = now_ms();
-    let mut hold_until_ms = None;
     let retry_schedule = &ctx.settings().retry_schedule;
     let (asked, bad_retry_after) = if ok {
         (None, None)
@@ -662,9 +661,8 @@ fn attempt(
             Some(wait) => {
                 d.state = State::Retrying;
                 d.next_at_ms = Some(now + wait.wait.as_millis() as u64);
-                hold_until_ms = wait.hold.map(|h| now + h.as_millis() as u64);
                 // Journaled with the delivery, so a restart keeps it.
-                d.hold_until_ms = hold_until_ms;
+                d.hold_until_ms = wait.hold.map(|h| now + h.as_millis() as u64);
             }
             None => {
                 d.state = State::Dead;
@@ -700,7 +698,8 @@ fn attempt(
     }
     Ok(Some(Finished {
         endpoint_failing: !ok && outcome.endpoint_failing(),
-        hold_until_ms: hold_until_ms.filter(|_| d.state == State::Retrying),
+        // The queue takes it from an automatic attempt only.
+        hold_until_ms: d.hold_until_ms.filter(|_| d.state == State::Retrying),
         endpoint_hold_until_ms,
         bad_retry_after,
         state: d.state,

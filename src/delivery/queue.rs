@@ -203,11 +203,19 @@ impl<R> Queue<R> {
     /// Deliveries to queue: `None` = pending, in this order; `Some(ms)` =
     /// retrying, due then.
     pub fn enqueue(&mut self, items: impl IntoIterator<Item = (DeliveryId, Option<Ms>)>) {
-        for (id, at) in items {
-            match at {
-                None => self.ready.push_back(id),
-                Some(at) => self.schedule_retry(id, at, None),
-            }
+        for (id, retry_at) in items {
+            self.queue_found(Found {
+                id,
+                retry_at,
+                hold_until: None,
+            });
+        }
+    }
+
+    fn queue_found(&mut self, f: Found) {
+        match f.retry_at {
+            None => self.ready.push_back(f.id),
+            Some(at) => self.schedule_retry(f.id, at, f.hold_until),
         }
     }
 
@@ -231,10 +239,7 @@ impl<R> Queue<R> {
             .collect();
         let queued = new.len();
         for f in new {
-            match f.retry_at {
-                None => self.ready.push_back(f.id),
-                Some(at) => self.schedule_retry(f.id, at, f.hold_until),
-            }
+            self.queue_found(f);
         }
         let tests = tests.into_iter().filter(|id| !held.contains(id)).collect();
         (queued, tests)

@@ -191,21 +191,7 @@ impl Journal {
             for n in &new {
                 for (sub, id) in &n.deliveries {
                     let number = self.sub_number(&mut books, &h, sub)?;
-                    let d = DeliveryRec {
-                        cdr_seq: n.seq,
-                        sub: number,
-                        state: State::Pending,
-                        origin: Trigger::Auto,
-                        attempts: 0,
-                        failures: 0,
-                        next_at_ms: None,
-                        created_ms: now,
-                        ended_ms: None,
-                        last_status: None,
-                        last_error: None,
-                        last_attempt: 0,
-                        hold_until_ms: None,
-                    };
+                    let d = DeliveryRec::new_pending(n.seq, number, Trigger::Auto, now);
                     batch.insert(&records::key(records::K_DELIVERY, *id)[..], d.encode());
                     // Most deliveries end long before their index entry
                     // would be due (`open_index.rs`).

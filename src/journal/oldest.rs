@@ -77,7 +77,7 @@ impl Journal {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Attempt, IngestFile, State, Trigger};
+    use super::super::{Attempt, IngestFile, State, Trigger, CACHE_BYTES};
     use super::*;
     use crate::time::now_ms;
 
@@ -122,7 +122,7 @@ mod tests {
     #[test]
     fn the_first_open_delivery_is_found_from_where_the_last_answer_was() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+        let j = Journal::open(&dir.path().join("j"), CACHE_BYTES).expect("open");
         assert_eq!(j.first_open_of("a", 0).expect("read"), None);
         let before = now_ms();
         let one = ingest(&j, "1", &["a", "b"]);
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn a_journal_directory_that_takes_writes_is_writable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+        let j = Journal::open(&dir.path().join("j"), CACHE_BYTES).expect("open");
         assert_eq!(j.writable(), Ok(()));
         // The probe leaves nothing behind.
         assert!(!dir.path().join("j").join(PROBE).exists());

@@ -217,19 +217,8 @@ mod tests {
 
     fn rec(sub: u32, state: State) -> DeliveryRec {
         DeliveryRec {
-            cdr_seq: 1,
-            sub,
             state,
-            origin: Trigger::Auto,
-            attempts: 0,
-            failures: 0,
-            next_at_ms: None,
-            created_ms: 0,
-            ended_ms: None,
-            last_status: None,
-            last_error: None,
-            last_attempt: 0,
-            hold_until_ms: None,
+            ..DeliveryRec::new_pending(1, sub, Trigger::Auto, 0)
         }
     }
 

@@ -548,6 +548,25 @@ pub struct DeliveryRec {
 }
 
 impl DeliveryRec {
+    /// A new delivery, not attempted yet (an ingest or a replay).
+    pub fn new_pending(cdr_seq: CdrSeq, sub: u32, origin: Trigger, created_ms: u64) -> DeliveryRec {
+        DeliveryRec {
+            cdr_seq,
+            sub,
+            state: State::Pending,
+            origin,
+            attempts: 0,
+            failures: 0,
+            next_at_ms: None,
+            created_ms,
+            ended_ms: None,
+            last_status: None,
+            last_error: None,
+            last_attempt: 0,
+            hold_until_ms: None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(56));
         w.u64(self.cdr_seq)

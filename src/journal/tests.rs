@@ -52,7 +52,7 @@ fn after_close<T, E>(
 /// The journal at `path`, just closed.
 fn open_after_close(path: &Path) -> Result<Journal> {
     after_close(
-        || Journal::open(path, 8 << 20),
+        || Journal::open(path, CACHE_BYTES),
         |e| {
             matches!(
                 e,
@@ -74,13 +74,18 @@ fn sled_after_close(path: &Path) -> sled::Db {
     .expect("sled")
 }
 
+/// A journal opened as the daemon opens it.
+fn open_at(path: &Path) -> Journal {
+    Journal::open(path, CACHE_BYTES).expect("open")
+}
+
 fn reopen(path: &Path) -> Journal {
     open_after_close(path).expect("reopen")
 }
 
 fn open_tmp() -> (tempfile::TempDir, Journal) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+    let j = open_at(&dir.path().join("j"));
     (dir, j)
 }
 
@@ -137,7 +142,7 @@ fn open_deliveries_are_found_at_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = sub("a");
     {
-        let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+        let j = open_at(&dir.path().join("j"));
         let out = j
             .ingest(
                 &[
@@ -238,7 +243,7 @@ fn unmatched_counts_survive_a_reopen_and_a_record_without_them_reads_zero() {
         r#"{"QueueId":"q","CallId":"2"}"#,
     );
     {
-        let j = Journal::open(&path, 8 << 20).expect("open");
+        let j = open_at(&path);
         // The same CDR twice in one batch is one CDR, counted once.
         let files = [
             file("1.json", one),
@@ -638,7 +643,7 @@ fn counts_survive_reopen() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = sub("a");
     {
-        let j = Journal::open(&dir.path().join("j"), 8 << 20).expect("open");
+        let j = open_at(&dir.path().join("j"));
         let out = j
             .ingest(&[file("1.json", r#"{"QueueId":"1"}"#)], &route_to(&[&a]))
             .expect("ingest");
@@ -717,7 +722,7 @@ fn start_up_reads_the_counts_and_the_open_index_not_every_delivery() {
     let path = dir.path().join("j");
     let a = sub("a");
     let open_id = {
-        let j = Journal::open(&path, 8 << 20).expect("open");
+        let j = open_at(&path);
         let ids = ingest_n(&j, &a, 3);
         finish(&j, ids[0], State::Delivered);
         finish(&j, ids[1], State::Dead);
@@ -762,7 +767,7 @@ fn after_a_crash_delivered_and_dead_are_counted_again_from_the_deliveries() {
         let path = dir.path().join("j");
         let a = sub("a");
         {
-            let j = Journal::open(&path, 8 << 20).expect("open");
+            let j = open_at(&path);
             let ids = ingest_n(&j, &a, 3);
             finish(&j, ids[0], State::Delivered);
             finish(&j, ids[1], State::Dead);
@@ -805,7 +810,7 @@ fn after_a_crash_an_open_index_entry_of_an_ended_delivery_is_dropped() {
     let path = dir.path().join("j");
     let a = sub("a");
     let ended = {
-        let j = Journal::open(&path, 8 << 20).expect("open");
+        let j = open_at(&path);
         let ids = ingest_n(&j, &a, 2);
         // Both open long enough to be indexed.
         j.flush_index(true).expect("index");
@@ -860,7 +865,7 @@ fn writes_that_are_not_flushed_at_once_are_announced() {
 fn a_journal_of_a_newer_format_is_refused_naming_its_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("j");
-    drop(Journal::open(&path, 8 << 20).expect("open"));
+    drop(open_at(&path));
     {
         let db = sled_after_close(&path);
         let tree = db.open_tree(records::TREE).expect("tree");
@@ -973,7 +978,7 @@ fn a_format_2_journal_is_moved_into_a_tree_per_kind_at_open() {
     // A journal as this code writes it, then put back as format 2 had it:
     // every key in one tree, `journal.v2`, with version 2.
     let (ids, cdr_id) = {
-        let j = Journal::open(&path, 8 << 20).expect("open");
+        let j = open_at(&path);
         let ids = ingest_n(&j, &a, 3);
         finish(&j, ids[0], State::Delivered);
         let cdr_id = j.delivery(ids[0]).expect("read").expect("d").cdr_id;
@@ -1036,7 +1041,7 @@ fn after_a_crash_what_an_ingest_cut_short_before_the_content_id_left_is_dropped(
         let path = dir.path().join("j");
         let a = sub("a");
         let kept = {
-            let j = Journal::open(&path, 8 << 20).expect("open");
+            let j = open_at(&path);
             let ids = ingest_n(&j, &a, 1);
             if indexed {
                 j.flush_index(true).expect("index");
@@ -1045,21 +1050,7 @@ fn after_a_crash_what_an_ingest_cut_short_before_the_content_id_left_is_dropped(
             // deliveries and open index are written before the CDR
             // records): a delivery whose CDR has no record.
             let h = j.h().expect("open");
-            let d = records::DeliveryRec {
-                cdr_seq: 999_999,
-                sub: 0,
-                state: State::Pending,
-                origin: Trigger::Auto,
-                attempts: 0,
-                failures: 0,
-                next_at_ms: None,
-                created_ms: now_ms(),
-                ended_ms: None,
-                last_status: None,
-                last_error: None,
-                last_attempt: 0,
-                hold_until_ms: None,
-            };
+            let d = records::DeliveryRec::new_pending(999_999, 0, Trigger::Auto, now_ms());
             let o = records::OpenRec {
                 sub: 0,
                 state: State::Pending,
@@ -1137,7 +1128,7 @@ fn counts_kept_in_memory_are_on_disk_after_a_clean_stop() {
     let path = dir.path().join("j");
     let a = sub("a");
     {
-        let j = Journal::open(&path, 8 << 20).expect("open");
+        let j = open_at(&path);
         let ids = ingest_n(&j, &a, 3);
         finish(&j, ids[0], State::Delivered);
         finish(&j, ids[1], State::Dead);
@@ -1170,7 +1161,7 @@ fn a_delivery_that_ends_soon_never_gets_an_index_entry_and_a_clean_stop_indexes_
     let path = dir.path().join("j");
     let a = sub("a");
     let ids = {
-        let j = Journal::open(&path, 8 << 20).expect("open");
+        let j = open_at(&path);
         let ids = ingest_n(&j, &a, 3);
         finish(&j, ids[0], State::Delivered);
         j.flush().expect("flush");
@@ -1199,7 +1190,7 @@ fn after_a_crash_the_deliveries_above_the_mark_are_resumed_from_their_records() 
     let path = dir.path().join("j");
     let a = sub("a");
     let (ids, retry_at) = {
-        let j = Journal::open(&path, 8 << 20).expect("open");
+        let j = open_at(&path);
         // One indexed before the others are created: below the mark.
         let old = j
             .ingest(
@@ -1245,7 +1236,7 @@ fn a_format_3_journal_is_format_4_with_every_open_delivery_indexed() {
     let path = dir.path().join("j");
     let a = sub("a");
     let ids = {
-        let j = Journal::open(&path, 8 << 20).expect("open");
+        let j = open_at(&path);
         let ids = ingest_n(&j, &a, 2);
         j.close_clean().expect("close clean");
         // As format 3 left it: every open delivery indexed, no mark.
@@ -1403,7 +1394,7 @@ fn a_retry_after_hold_survives_a_crash_and_a_clean_stop() {
         let path = dir.path().join("j");
         let a = sub("a");
         let (held, cleared, until) = {
-            let j = Journal::open(&path, 8 << 20).expect("open");
+            let j = open_at(&path);
             let ids = ingest_n(&j, &a, 2);
             let until = now_ms() + 90_000;
             for (id, hold) in [(ids[0], Some(until)), (ids[1], Some(until)), (ids[1], None)] {

@@ -200,21 +200,7 @@ impl Journal {
             }
         }
         let id = self.next_id()?;
-        let d = DeliveryRec {
-            cdr_seq: cdr.seq,
-            sub: number,
-            state: State::Pending,
-            origin,
-            attempts: 0,
-            failures: 0,
-            next_at_ms: None,
-            created_ms: now_ms(),
-            ended_ms: None,
-            last_status: None,
-            last_error: None,
-            last_attempt: 0,
-            hold_until_ms: None,
-        };
+        let d = DeliveryRec::new_pending(cdr.seq, number, origin, now_ms());
         rec.deliveries.push(id);
         let mut batch = Ops::default();
         batch.insert(&records::key(records::K_CDR, cdr.seq)[..], rec.encode());

@@ -49,7 +49,7 @@ fn crm(endpoint: &str) -> Subscription {
 /// first `DEAD` ended dead after one failed attempt), into a journal at
 /// `path`, as the daemon would have.
 fn build_journal(path: &Path, sub: &Subscription) {
-    let journal = Journal::open(path, 8 << 20).expect("open the journal");
+    let journal = Journal::open(path, cdrhook::journal::CACHE_BYTES).expect("open the journal");
     let mut done = 0;
     while done < CDRS {
         let n = (CDRS - done).min(1000);
