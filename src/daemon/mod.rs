@@ -286,6 +286,9 @@ async fn start(
 
 /// Hands the journal's open deliveries back to their workers.
 fn restore(journal: &Journal, dispatcher: &Dispatcher) {
+    // Holds first: a resumed delivery must not go out before its
+    // endpoint's `Retry-After` ends.
+    dispatcher.restore_endpoint_holds(journal.endpoint_holds(crate::time::now_ms()));
     let open = journal.take_open_deliveries();
     if !open.is_empty() {
         log::info!("resuming {} open deliveries from the journal", open.len());

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::config::live::{DeliverySettings, LiveConfig};
 use crate::config::Subscription;
-use crate::journal::{Attempt, DeliveryId, Journal, State, Trigger};
+use crate::journal::{Attempt, DeliveryId, EndpointHold, Journal, State, Trigger};
 use crate::locks::lock;
 use crate::time::now_ms;
 
@@ -99,6 +99,9 @@ enum Msg {
         tests: Vec<DeliveryId>,
         skip_held: bool,
     },
+    /// The endpoint asked (`Retry-After`, journaled before a restart) for
+    /// no automatic attempt before then.
+    EndpointHeld(u64),
 }
 
 /// Routes work to the per-subscription workers, creating them as needed.
@@ -194,6 +197,28 @@ impl Dispatcher {
                     skip_held,
                 },
             );
+        }
+    }
+
+    /// Gives each subscription back the endpoint-wide `Retry-After` its
+    /// endpoint answered before a restart (`Journal::endpoint_holds`):
+    /// nothing is sent there before it ends. A hold is dropped if the
+    /// subscription's URL changed meanwhile (or it is gone from the config):
+    /// a corrected URL is tried at once, as on a reload. Call it before
+    /// [`Dispatcher::resume`], so that no resumed delivery goes out first.
+    pub fn restore_endpoint_holds(&self, holds: Vec<(String, EndpointHold)>) {
+        let config = self.ctx.live.get();
+        for (name, hold) in holds {
+            let same_url = config
+                .subscriptions
+                .iter()
+                .find(|s| s.name == name)
+                .is_some_and(|s| endpoint_fingerprint(s.endpoint.expose()) == hold.endpoint);
+            if same_url {
+                self.send(&name, Msg::EndpointHeld(hold.until_ms));
+            } else {
+                self.ctx.journal.release_endpoint(&name);
+            }
         }
     }
 
@@ -369,6 +394,12 @@ impl Worker {
                 if self.sub != sub {
                     self.epoch.fetch_add(1, Ordering::SeqCst);
                 }
+                let new_url = matches!((&self.sub, &sub), (Some(old), Some(new)) if old.endpoint != new.endpoint);
+                if new_url {
+                    // The queue tries a corrected URL at once; so does the
+                    // next start.
+                    self.ctx.journal.release_endpoint(&self.name);
+                }
                 let view = sub.as_ref().map(|s| SubView {
                     active: s.active,
                     endpoint: s.endpoint.expose().to_string(),
@@ -388,6 +419,14 @@ impl Worker {
                 }
             }
             Msg::Wake => {}
+            Msg::EndpointHeld(until) => {
+                self.queue.endpoint_held(until);
+                log::info!(
+                    "subscription {}: its endpoint asked (Retry-After) for no attempt before {}; held across the restart",
+                    self.name,
+                    crate::time::rfc3339(until)
+                );
+            }
             Msg::Resume {
                 items,
                 tests,
@@ -693,6 +732,25 @@ fn attempt(
     let finished_files = journal
         .record_attempt(&d, &attempt)
         .map_err(journal_failed)?;
+    // The endpoint-wide hold, journaled so that a restart keeps it. An
+    // answer that is not a failure of the endpoint (2xx, a 4xx refusing
+    // one CDR) ends it, as it ends the queue's.
+    if !ok && outcome.endpoint_failing() {
+        if let Some(until_ms) = endpoint_hold_until_ms {
+            let hold = EndpointHold {
+                until_ms,
+                endpoint: endpoint_fingerprint(sub.endpoint.expose()),
+            };
+            if let Err(e) = journal.hold_endpoint(&d.subscription, hold) {
+                log::warn!(
+                    "subscription {}: could not journal the endpoint's Retry-After (it holds until a restart): {e}",
+                    d.subscription
+                );
+            }
+        }
+    } else {
+        journal.release_endpoint(&d.subscription);
+    }
     if !finished_files.is_empty() {
         (ctx.files_finished)(finished_files);
     }
@@ -729,6 +787,17 @@ fn journal_failed(e: crate::journal::JournalError) -> AttemptError {
         message: e.to_string(),
         journal: true,
     }
+}
+
+/// Which endpoint a journaled hold belongs to: the first 8 bytes of the
+/// SHA-256 of the URL as sent (a URL may hold an expanded secret, which the
+/// journal must not).
+fn endpoint_fingerprint(url: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(url.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }
 
 fn describe_failure(o: &http::Outcome) -> String {

@@ -397,6 +397,14 @@ impl<R> Queue<R> {
         }
     }
 
+    /// The endpoint's `Retry-After` journaled before a restart: the queue
+    /// starts failing, its first probe not before `until`, and waits behind
+    /// it as after the failing answer itself.
+    pub fn endpoint_held(&mut self, until: Ms) {
+        self.failing = true;
+        self.gate_hold_until = self.gate_hold_until.max(until);
+    }
+
     /// The endpoint answered an attempt (of any trigger) with a failure and a
     /// `Retry-After` asking it to be left alone until `until`: while the gate
     /// is closed, no automatic probe starts before then. Operator requests
@@ -960,6 +968,51 @@ mod tests {
             assert_eq!(ids(&h), [1], "the probe");
             finish(&mut q, h, now, delivered);
             after_release(&mut q, now, hold_until, released);
+        }
+    }
+
+    /// Issue 8: the endpoint-wide `Retry-After` journaled before a restart
+    /// gates the new queue: nothing goes out before it ends, then one probe
+    /// (a due retry first, else the oldest pending delivery), and its
+    /// success releases the rest.
+    #[test]
+    fn an_endpoint_hold_from_before_a_restart_gates_the_queue_until_it_ends() {
+        const HOLD: Ms = 5_000;
+        // (a resumed retry of delivery 7 due at, first probe at, the probe)
+        let table = [
+            (None, HOLD, 1),
+            (Some(3_000), HOLD, 7),
+            // The queue waits behind a retry due after the hold, as it
+            // does after the failing answer itself.
+            (Some(9_000), 9_000, 7),
+        ];
+        for (retry_at, probe_at, probe) in table {
+            let mut q = queue();
+            q.endpoint_held(HOLD);
+            let retrying = retry_at.map(|at| Found {
+                id: 7,
+                retry_at: Some(at),
+                hold_until: None,
+            });
+            q.resume(retrying.into_iter().collect(), vec![], false);
+            q.enqueue([(1, None), (2, None)]);
+            assert!(q.failing(), "{retry_at:?}");
+            assert_eq!(q.next_wakeup(4), Some(probe_at), "{retry_at:?}");
+            assert!(q.dispatch(0, 4).is_empty(), "nothing at start-up");
+            assert!(q.dispatch(probe_at - 1, 4).is_empty(), "nor before");
+            let h = q.dispatch(probe_at, 4);
+            assert_eq!(ids(&h), [probe], "one probe: {retry_at:?}");
+            assert!(q.dispatch(probe_at, 4).is_empty(), "one at a time");
+            finish(&mut q, h, probe_at, delivered);
+            assert!(!q.failing(), "its success opens the gate");
+            let mut rest = ids(&q.dispatch(probe_at, 4));
+            rest.sort_unstable();
+            let mut want: Vec<DeliveryId> = [1, 2, 7]
+                .into_iter()
+                .filter(|&id| id != probe && (id != 7 || retry_at.is_some()))
+                .collect();
+            want.sort_unstable();
+            assert_eq!(rest, want, "released: {retry_at:?}");
         }
     }
 

@@ -23,7 +23,7 @@
 //! inside an ingest call (after its CDRs, before its counts reached the
 //! disk) leaves that one batch's exclusions uncounted.
 
-use super::records::{self, CountsRec, OpenRec};
+use super::records::{self, CountsRec, EndpointHold, OpenRec};
 use super::{lock, open_index, Books, Handles, Journal, OpenDelivery, Result, SubCounts};
 use crate::model::State;
 
@@ -279,6 +279,60 @@ impl Journal {
         names.push(name.to_string());
         books.by_name.insert(name.to_string(), n);
         Ok(n)
+    }
+
+    /// Journals that subscription `name`'s endpoint asked for no automatic
+    /// attempt before `hold.until_ms` (a failing answer's `Retry-After`).
+    /// Only raises: an earlier time for the same endpoint is ignored. It is
+    /// written with the counts at the next flush, so a crash within a
+    /// second of the answer can lose it (each delivery's own hold is in its
+    /// record, written with its attempt).
+    pub fn hold_endpoint(&self, name: &str, hold: EndpointHold) -> Result<()> {
+        let h = self.h()?;
+        let mut books = lock(&self.books);
+        let n = self.sub_number(&mut books, &h, name)?;
+        let c = books.counts_mut(n);
+        let raise = match c.endpoint_hold {
+            Some(old) => old.endpoint != hold.endpoint || old.until_ms < hold.until_ms,
+            None => true,
+        };
+        if raise {
+            c.endpoint_hold = Some(hold);
+            books.changed(n);
+            drop(books);
+            self.wrote();
+        }
+        Ok(())
+    }
+
+    /// Clears subscription `name`'s endpoint hold (its endpoint answered,
+    /// or its URL changed). Costs no write when there is none.
+    pub fn release_endpoint(&self, name: &str) {
+        let mut books = lock(&self.books);
+        let Some(&n) = books.by_name.get(name) else {
+            return;
+        };
+        let c = books.counts_mut(n);
+        if c.endpoint_hold.take().is_some() {
+            books.changed(n);
+            drop(books);
+            self.wrote();
+        }
+    }
+
+    /// The endpoint holds still in force at `now`, by subscription name.
+    pub fn endpoint_holds(&self, now: u64) -> Vec<(String, EndpointHold)> {
+        let names = self.names.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let books = lock(&self.books);
+        books
+            .counts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let hold = c.endpoint_hold.filter(|h| h.until_ms > now)?;
+                Some((names.get(i)?.clone(), hold))
+            })
+            .collect()
     }
 
     /// Pending and retrying deliveries found at open, oldest first. Hands

@@ -49,7 +49,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 pub use crate::model::{AttemptId, CdrSeq, DeliveryId, State, Trigger};
-pub use records::FileRef;
+pub use records::{EndpointHold, FileRef};
 
 use crate::cdr::Cdr;
 use records::{CountsRec, DecodeError};

@@ -35,6 +35,8 @@
 //! |                           | delivery (read, no longer written)       |
 //! | `n` subscription number   | [`CountsRec`]: per-subscription counts   |
 //! |                           | (`unmatched` last, optional: absent = 0) |
+//! |                           | then, only when there is one, the        |
+//! |                           | endpoint's `Retry-After` [`EndpointHold`]|
 //! | `s` subscription name     | its number (u32)                         |
 //! | `w`                       | the open index's mark (u64)              |
 //!
@@ -860,6 +862,20 @@ pub struct CountsRec {
     /// unchanged (no format bump), and such a cdrhook ignores the extra
     /// bytes.
     pub unmatched: u64,
+    /// The endpoint's `Retry-After` to a failing answer: no automatic
+    /// attempt of the subscription before then, also after a restart.
+    /// Written after `unmatched` only when there is one: a record without
+    /// it is byte for byte as before, and an older cdrhook ignores it.
+    pub endpoint_hold: Option<EndpointHold>,
+}
+
+/// An endpoint-wide `Retry-After`, journaled with its subscription's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointHold {
+    pub until_ms: u64,
+    /// Which endpoint asked (a fingerprint the caller gives, opaque here):
+    /// a hold is not applied to a URL edited while the daemon was stopped.
+    pub endpoint: u64,
 }
 
 impl CountsRec {
@@ -873,6 +889,9 @@ impl CountsRec {
             .opt_u64(self.last_failure_ms)
             .opt_str(self.last_error.as_deref())
             .var(self.unmatched);
+        if let Some(hold) = self.endpoint_hold {
+            w.u64(hold.until_ms).u64(hold.endpoint);
+        }
         w.0
     }
 
@@ -887,6 +906,14 @@ impl CountsRec {
             last_failure_ms: r.opt_u64()?,
             last_error: r.opt_str()?,
             unmatched: if r.at_end() { 0 } else { r.var()? },
+            endpoint_hold: if r.at_end() {
+                None
+            } else {
+                Some(EndpointHold {
+                    until_ms: r.u64()?,
+                    endpoint: r.u64()?,
+                })
+            },
         })
     }
 }
@@ -1047,7 +1074,24 @@ mod tests {
         // reads it as 0, the rest unchanged.
         let mut old = c.encode();
         old.truncate(old.len() - 2);
-        assert_eq!(CountsRec::decode(&old), Ok(CountsRec { unmatched: 0, ..c }));
+        assert_eq!(
+            CountsRec::decode(&old),
+            Ok(CountsRec {
+                unmatched: 0,
+                ..c.clone()
+            })
+        );
+        // The endpoint's hold follows `unmatched`, only when there is one.
+        let held = CountsRec {
+            endpoint_hold: Some(EndpointHold {
+                until_ms: 1_800_000_000_000,
+                endpoint: u64::MAX - 5,
+            }),
+            ..c.clone()
+        };
+        let bytes = held.encode();
+        assert_eq!(bytes.len(), c.encode().len() + 16);
+        assert_eq!(CountsRec::decode(&bytes), Ok(held));
         let o = OpenRec {
             sub: 7,
             state: State::Pending,

@@ -1434,3 +1434,58 @@ fn a_retry_after_hold_survives_a_crash_and_a_clean_stop() {
         );
     }
 }
+
+/// An endpoint-wide `Retry-After` is journaled with its subscription's
+/// counts: only raised, cleared by an answering endpoint, and found again
+/// after a clean stop and after a crash that followed a flush. One that has
+/// ended is not handed back.
+#[test]
+fn an_endpoint_hold_is_raised_cleared_and_survives_a_restart() {
+    for clean in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("j");
+        let now = now_ms();
+        let hold = |until_ms, endpoint| EndpointHold { until_ms, endpoint };
+        {
+            let j = open_at(&path);
+            j.hold_endpoint("a", hold(now + 60_000, 7)).expect("hold a");
+            // An earlier time for the same endpoint does not shorten it.
+            j.hold_endpoint("a", hold(now + 1_000, 7)).expect("hold a");
+            // Another endpoint (the URL changed) replaces it.
+            j.hold_endpoint("b", hold(now + 90_000, 1)).expect("hold b");
+            j.hold_endpoint("b", hold(now + 30_000, 2)).expect("hold b");
+            // An answer ends it; one already over is not handed back.
+            j.hold_endpoint("c", hold(now + 60_000, 3)).expect("hold c");
+            j.release_endpoint("c");
+            j.hold_endpoint("d", hold(now.saturating_sub(1), 4))
+                .expect("hold d");
+            j.release_endpoint("unknown");
+            assert_eq!(
+                j.endpoint_holds(now),
+                [
+                    ("a".to_string(), hold(now + 60_000, 7)),
+                    ("b".to_string(), hold(now + 30_000, 2)),
+                ],
+                "before the restart"
+            );
+            if clean {
+                j.close_clean().expect("close clean");
+            } else {
+                j.flush().expect("flush");
+            }
+        }
+        let j = reopen(&path);
+        assert_eq!(
+            j.endpoint_holds(now),
+            [
+                ("a".to_string(), hold(now + 60_000, 7)),
+                ("b".to_string(), hold(now + 30_000, 2)),
+            ],
+            "clean stop: {clean}"
+        );
+        assert!(
+            j.endpoint_holds(now + 60_000).is_empty(),
+            "both have ended by then"
+        );
+    }
+}

@@ -563,3 +563,104 @@ fn kept_alive_connections_are_reused_up_to_the_concurrency_of_every_subscription
         requests.len()
     );
 }
+
+/// The `Retry-After` of the endpoint's failing answer (10 s here: twice
+/// the 5 s step).
+const HELD_FOR: Duration = Duration::from_secs(10);
+
+/// Sends CDR 1 to `/held`, which answers 503 with `Retry-After: 10`, then
+/// takes in CDR 2 behind the failing endpoint and stops the daemon cleanly.
+/// Returns when the first answer was sent.
+fn stop_while_the_endpoint_holds(receiver: &Receiver, dir: &TestDir) -> Instant {
+    receiver.set(
+        "/held",
+        Behaviour::Sequence(vec![
+            Behaviour::status_with_headers(503, &[("Retry-After", "10")]),
+            Behaviour::Status(204),
+        ]),
+    );
+    dir.write_config(
+        &subscription("held", &receiver.url("/held"), &["*"]),
+        Some("timeout: 2s\nretry_schedule: [5s]"),
+    );
+    let mut daemon = Daemon::start(dir);
+    dir.drop_file("one.json", &make_cdr(1));
+    wait_counts(&daemon, &[("held", [0, 1, 0, 0])], DEADLINE);
+    dir.drop_file("two.json", &make_cdr(2));
+    // CDR 2 is journaled and waits behind the failing endpoint.
+    wait_counts(&daemon, &[("held", [1, 1, 0, 0])], DEADLINE);
+    daemon.sigterm();
+    assert!(daemon.wait_exit(DEADLINE).success(), "{}", daemon.log());
+    let first = receiver.requests_for("/held");
+    assert_eq!(first.len(), 1, "one attempt before the stop");
+    first[0].received
+}
+
+/// Issue 8: the endpoint-wide `Retry-After` is journaled. After a restart
+/// nothing goes to the endpoint before it ends, not even the delivery that
+/// was only pending (without it, that one would be sent at start-up).
+#[test]
+fn an_endpoints_retry_after_holds_across_a_restart() {
+    let receiver = Receiver::start();
+    let dir = TestDir::new();
+    let answered = stop_while_the_endpoint_holds(&receiver, &dir);
+    let daemon = Daemon::start(&dir);
+    assert!(
+        answered.elapsed() < HELD_FOR - Duration::from_secs(2),
+        "the restart must come well inside the hold for this test to mean anything"
+    );
+    wait_delivered(&daemon, &[("held", 2)], DEADLINE + HELD_FOR);
+    let got = receiver.requests_for("/held");
+    for req in &got[1..] {
+        let waited = req.received - answered;
+        assert!(
+            waited >= HELD_FOR - Duration::from_millis(200),
+            "{} attempt {} went {waited:?} after the 503 with Retry-After: 10",
+            call_id(req),
+            attempt_no(req)
+        );
+    }
+    let calls: BTreeSet<String> = got[1..].iter().map(call_id).collect();
+    assert_eq!(
+        calls.len(),
+        2,
+        "both CDRs delivered after the hold: {got:?}"
+    );
+    assert!(
+        daemon.log_contains("held across the restart"),
+        "{}",
+        daemon.log()
+    );
+}
+
+/// A URL edited while the daemon was stopped is not held by the old
+/// endpoint's `Retry-After`: the pending delivery goes at start-up.
+#[test]
+fn an_endpoint_hold_is_dropped_when_the_url_changed_during_the_stop() {
+    let receiver = Receiver::start();
+    let dir = TestDir::new();
+    let answered = stop_while_the_endpoint_holds(&receiver, &dir);
+    receiver.set("/moved", Behaviour::Status(204));
+    dir.write_config(
+        &subscription("held", &receiver.url("/moved"), &["*"]),
+        Some("timeout: 2s\nretry_schedule: [5s]"),
+    );
+    let daemon = Daemon::start(&dir);
+    let deadline = Instant::now() + DEADLINE;
+    while receiver.count("/moved") == 0 {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let moved = receiver.requests_for("/moved");
+    assert_eq!(call_id(&moved[0]), "call-2", "the pending delivery first");
+    assert!(
+        moved[0].received - answered < HELD_FOR - Duration::from_secs(1),
+        "not held by the old URL's Retry-After: sent {:?} after it",
+        moved[0].received - answered
+    );
+    assert!(
+        !daemon.log_contains("held across the restart"),
+        "{}",
+        daemon.log()
+    );
+}
