@@ -26,6 +26,7 @@
 use super::records::{self, CountsRec, EndpointHold, OpenRec};
 use super::{lock, open_index, Books, Handles, Journal, OpenDelivery, Result, SubCounts};
 use crate::model::State;
+use std::sync::atomic::Ordering;
 
 /// Moves one delivery in or out of a state's count.
 pub(super) fn adjust(c: &mut CountsRec, state: State, up: bool) {
@@ -220,6 +221,10 @@ impl Journal {
         h.db.flush()
             .map_err(self.sled_err("clear the clean-stop mark"))?;
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = names;
+        self.endpoint_held.store(
+            books.counts.iter().any(|c| c.endpoint_hold.is_some()),
+            Ordering::SeqCst,
+        );
         *lock(&self.books) = books;
         Ok(open)
     }
@@ -298,6 +303,7 @@ impl Journal {
         };
         if raise {
             c.endpoint_hold = Some(hold);
+            self.endpoint_held.store(true, Ordering::SeqCst);
             books.changed(n);
             drop(books);
             self.wrote();
@@ -306,14 +312,21 @@ impl Journal {
     }
 
     /// Clears subscription `name`'s endpoint hold (its endpoint answered,
-    /// or its URL changed). Costs no write when there is none.
+    /// or its URL changed). Called after every such attempt, so it costs
+    /// neither a lock nor a write while no subscription has one.
     pub fn release_endpoint(&self, name: &str) {
+        if !self.endpoint_held.load(Ordering::SeqCst) {
+            return;
+        }
         let mut books = lock(&self.books);
         let Some(&n) = books.by_name.get(name) else {
             return;
         };
         let c = books.counts_mut(n);
         if c.endpoint_hold.take().is_some() {
+            if books.counts.iter().all(|c| c.endpoint_hold.is_none()) {
+                self.endpoint_held.store(false, Ordering::SeqCst);
+            }
             books.changed(n);
             drop(books);
             self.wrote();

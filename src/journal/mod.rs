@@ -310,6 +310,9 @@ pub struct Journal {
     books: Mutex<Books>,
     /// Open deliveries found at start-up, until the daemon takes them.
     open_at_start: Mutex<Vec<OpenDelivery>>,
+    /// Some subscription may have an endpoint hold: without one, clearing
+    /// after each answered attempt takes no lock (`release_endpoint`).
+    endpoint_held: AtomicBool,
     /// Where the next retention pass starts, so that old CDRs that cannot
     /// be pruned yet (still open) are stepped over, not re-read every pass.
     prune_from: Mutex<CdrSeq>,
@@ -352,6 +355,7 @@ impl Journal {
             names: RwLock::new(Vec::new()),
             books: Mutex::new(Books::default()),
             open_at_start: Mutex::new(Vec::new()),
+            endpoint_held: AtomicBool::new(true),
             prune_from: Mutex::new(0),
         };
         let open = journal.load(&handles)?;

@@ -1487,5 +1487,15 @@ fn an_endpoint_hold_is_raised_cleared_and_survives_a_restart() {
             j.endpoint_holds(now + 60_000).is_empty(),
             "both have ended by then"
         );
+        // Releasing the last hold lets releases skip the lock; a new hold
+        // must still be released.
+        for name in ["a", "b", "d"] {
+            j.release_endpoint(name);
+        }
+        assert!(j.endpoint_holds(0).is_empty(), "all released");
+        j.hold_endpoint("a", hold(now + 5_000, 7)).expect("hold a");
+        assert_eq!(j.endpoint_holds(now).len(), 1, "held again");
+        j.release_endpoint("a");
+        assert!(j.endpoint_holds(0).is_empty(), "released again");
     }
 }
