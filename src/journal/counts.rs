@@ -335,17 +335,7 @@ impl Journal {
 
     /// The endpoint holds still in force at `now`, by subscription name.
     pub fn endpoint_holds(&self, now: u64) -> Vec<(String, EndpointHold)> {
-        let names = self.names.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let books = lock(&self.books);
-        books
-            .counts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let hold = c.endpoint_hold.filter(|h| h.until_ms > now)?;
-                Some((names.get(i)?.clone(), hold))
-            })
-            .collect()
+        self.per_subscription(|c| c.endpoint_hold.filter(|h| h.until_ms > now))
     }
 
     /// Pending and retrying deliveries found at open, oldest first. Hands
@@ -357,16 +347,20 @@ impl Journal {
     /// Counts per subscription name (including subscriptions no longer in
     /// the config that still have deliveries).
     pub fn counts(&self) -> std::collections::BTreeMap<String, SubCounts> {
+        self.per_subscription(|c| Some(c.clone()))
+            .into_iter()
+            .collect()
+    }
+
+    /// `pick` of each subscription's record, by name, where it gives one.
+    fn per_subscription<T>(&self, pick: impl Fn(&CountsRec) -> Option<T>) -> Vec<(String, T)> {
         let names = self.names.read().unwrap_or_else(|p| p.into_inner()).clone();
         let books = lock(&self.books);
         books
             .counts
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| {
-                let name = names.get(i)?.clone();
-                Some((name, c.clone()))
-            })
+            .filter_map(|(i, c)| Some((names.get(i)?.clone(), pick(c)?)))
             .collect()
     }
 }
