@@ -675,6 +675,7 @@ fn attempt(
     d.last_status = outcome.status;
     d.last_error = outcome.error.clone();
     let now = now_ms();
+    let endpoint_failing = !ok && outcome.endpoint_failing();
     let retry_schedule = &ctx.settings().retry_schedule;
     let (asked, bad_retry_after) = if ok {
         (None, None)
@@ -735,7 +736,7 @@ fn attempt(
     // The endpoint-wide hold, journaled so that a restart keeps it. An
     // answer that is not a failure of the endpoint (2xx, a 4xx refusing
     // one CDR) ends it, as it ends the queue's.
-    if !ok && outcome.endpoint_failing() {
+    if endpoint_failing {
         if let Some(until_ms) = endpoint_hold_until_ms {
             let hold = EndpointHold {
                 until_ms,
@@ -755,7 +756,7 @@ fn attempt(
         (ctx.files_finished)(finished_files);
     }
     Ok(Some(Finished {
-        endpoint_failing: !ok && outcome.endpoint_failing(),
+        endpoint_failing,
         // The queue takes it from an automatic attempt only.
         hold_until_ms: d.hold_until_ms.filter(|_| d.state == State::Retrying),
         endpoint_hold_until_ms,

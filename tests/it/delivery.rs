@@ -646,12 +646,7 @@ fn an_endpoint_hold_is_dropped_when_the_url_changed_during_the_stop() {
         Some("timeout: 2s\nretry_schedule: [5s]"),
     );
     let daemon = Daemon::start(&dir);
-    let deadline = Instant::now() + DEADLINE;
-    while receiver.count("/moved") == 0 {
-        assert!(Instant::now() < deadline, "{}", daemon.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let moved = receiver.requests_for("/moved");
+    let moved = receiver.wait_for_requests("/moved", 1, DEADLINE);
     assert_eq!(call_id(&moved[0]), "call-2", "the pending delivery first");
     assert!(
         moved[0].received - answered < HELD_FOR - Duration::from_secs(1),
